@@ -1,0 +1,32 @@
+# Two commands matter: `make run` and `make test` (see README.md). Both create the virtual
+# environment when it is missing and reinstall when pyproject.toml changes.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# pip warns about every registry mirror folder that lacks a package; keep the log readable
+PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: install run test bench-data clean-cache
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "installing remd_core and its dependencies into $(VENV) ..."
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | $(PIP_FILTER)
+	@$(PY) -c "import remd_core, torch; print('remd_core', remd_core.__version__, '| torch', torch.__version__)"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m remd_core baselines
+
+test: install
+	$(PY) -m pytest -n 2 --dist loadscope --durations=10
+
+bench-data: install
+	$(PY) benchmarks/generate_default.py
+
+clean-cache:
+	rm -rf outputs/cache

@@ -1,0 +1,254 @@
+"""Regression metrics, the STAGE challenge score, and per-region (many / medium / few) reports.
+
+Every function accepts numpy arrays, lists or torch tensors (detached and moved to the CPU here) and
+returns plain floats or pandas DataFrames, so the same code scores a notebook cell and a training loop.
+
+Sources
+-------
+- R^2, MSE, MAE: the three metrics of the Re-M3Dr paper (seed 001, section 5.1, "Metrics").
+- SMAPE and the challenge score ``0.5 / (SMAPE + 0.1) + 5 R^2``: the MICCAI STAGE challenge (task 1,
+  MD prediction). See ``smape`` for the scale convention.
+- Shot (region) metrics: Yang et al., "Delving into Deep Imbalanced Regression", ICML 2021, and their
+  code (YyzHarry/imbalanced-regression, ``shot_metrics``): the label is binned, each bin is "many",
+  "medium" or "few" by its TRAINING count (many > 100, few < 20 there), and each region reports MSE,
+  L1 and the geometric mean (GM) of absolute errors pooled over its test samples. Their thresholds
+  are for 10^4 to 10^5 training samples; ``region_labels`` scales them (see there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+SMAPE_EPS = 1e-3
+"""Floor of the SMAPE denominator ``(|y| + |yhat|) / 2``. MD is reported to 0.01 dB and is often
+near 0 dB, so a pair with both |y| and |yhat| below 1e-3 dB is "zero" for practical purposes; the
+floor makes ``y = yhat = 0`` score 0 instead of 0/0 = NaN and changes no term whose denominator is
+at least 1e-3. Each term stays in [0, 2] because ``|y - yhat| <= |y| + |yhat|``."""
+
+GM_FLOOR = 1e-3
+"""Floor on absolute errors inside the geometric mean: one exact prediction would otherwise make
+the GM of a whole region 0 (``scipy.stats.gmean``, used by the reference code, returns 0 and warns)."""
+
+REGIONS = ("many", "medium", "few")
+
+
+def _np(x) -> np.ndarray:
+    """A float64 1-D numpy copy of an array-like or a torch tensor."""
+    if hasattr(x, "detach"):  # torch tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64).reshape(-1)
+
+
+def _pair(y, yhat) -> tuple[np.ndarray, np.ndarray]:
+    y, yhat = _np(y), _np(yhat)
+    if y.shape != yhat.shape:
+        raise ValueError(f"y has {y.size} values but yhat has {yhat.size}")
+    return y, yhat
+
+
+def mse(y, yhat) -> float:
+    """Mean squared error."""
+    y, yhat = _pair(y, yhat)
+    return float(np.mean((y - yhat) ** 2)) if y.size else float("nan")
+
+
+def mae(y, yhat) -> float:
+    """Mean absolute error."""
+    y, yhat = _pair(y, yhat)
+    return float(np.mean(np.abs(y - yhat))) if y.size else float("nan")
+
+
+def r2(y, yhat) -> float:
+    """Coefficient of determination ``1 - SS_res / SS_tot`` (SS_tot about the mean of ``y``).
+
+    NaN when fewer than 2 samples or when ``y`` is constant (SS_tot = 0): R^2 is undefined there.
+    (scikit-learn instead returns 1.0 or 0.0 in the constant case; we prefer an honest NaN.)
+    """
+    y, yhat = _pair(y, yhat)
+    if y.size < 2:
+        return float("nan")
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    if ss_tot == 0.0:
+        return float("nan")
+    return 1.0 - float(np.sum((y - yhat) ** 2)) / ss_tot
+
+
+def smape(y, yhat, eps: float = SMAPE_EPS) -> float:
+    """Symmetric mean absolute percentage error as a FRACTION (0 to 2), not a percentage:
+
+        SMAPE = mean( |y - yhat| / max((|y| + |yhat|) / 2, eps) )
+
+    Scale convention: the STAGE challenge leaderboard reports SMAPE as a fraction (the public
+    STAGE baseline lixiang007666/STAGE_baseline2 lists leaderboard values such as 0.227, and its own
+    ``metrics.py`` notes that its percentage version is "inconsistent with the smape value scale of
+    the test script in the leaderboard"), and the challenge score ``0.5 / (SMAPE + 0.1)`` only makes
+    sense for a fraction. Multiply by 100 for a percentage. The ``eps`` floor is ours (the sources
+    do not guard the denominator); see ``SMAPE_EPS``.
+    """
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    y, yhat = _pair(y, yhat)
+    if not y.size:
+        return float("nan")
+    denom = np.maximum((np.abs(y) + np.abs(yhat)) / 2.0, eps)
+    return float(np.mean(np.abs(y - yhat) / denom))
+
+
+def stage_score(y, yhat, eps: float = SMAPE_EPS) -> float:
+    """The STAGE challenge (MICCAI 2023/2024, MD prediction task) score:
+    ``0.5 / (SMAPE + 0.1) + 5 * R^2``, SMAPE as a fraction. Higher is better; a perfect prediction
+    scores 5 + 5 = 10."""
+    return 0.5 / (smape(y, yhat, eps) + 0.1) + 5.0 * r2(y, yhat)
+
+
+def regression_report(y, yhat) -> dict:
+    """All scalar metrics at once: n, R^2, MSE, MAE, SMAPE (fraction) and the STAGE score."""
+    y, yhat = _pair(y, yhat)
+    return {"n": int(y.size), "r2": r2(y, yhat), "mse": mse(y, yhat), "mae": mae(y, yhat),
+            "smape": smape(y, yhat), "stage_score": stage_score(y, yhat)}
+
+
+def gmean_abs_error(y, yhat, floor: float = GM_FLOOR) -> float:
+    """Geometric mean of absolute errors, each floored at ``floor`` (see ``GM_FLOOR``)."""
+    y, yhat = _pair(y, yhat)
+    if not y.size:
+        return float("nan")
+    return float(np.exp(np.mean(np.log(np.maximum(np.abs(y - yhat), floor)))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Regions of the label distribution
+
+
+@dataclass(frozen=True)
+class Regions:
+    """Fixed-width label bins and each bin's region, learned from the TRAINING labels.
+
+    Bin ``k`` is ``[edges[k], edges[k+1])``; ``counts[k]`` is its training count and ``regions[k]``
+    its region. ``many_min`` and ``few_below`` are the absolute thresholds that were applied:
+    many if count >= many_min, few if count < few_below, medium otherwise.
+    """
+
+    edges: np.ndarray
+    counts: np.ndarray
+    regions: tuple[str, ...]
+    many_min: float
+    few_below: float
+
+    def bin_index(self, y) -> np.ndarray:
+        """Bin of each label; -1 below the first edge, ``n_bins`` at or above the last."""
+        y = _np(y)
+        return np.searchsorted(self.edges, y, side="right") - 1
+
+    def assign(self, y) -> np.ndarray:
+        """Region ("many" / "medium" / "few") of each label. Labels outside the training bins had
+        no training sample at all, so they are "few"."""
+        idx = self.bin_index(y)
+        inside = (idx >= 0) & (idx < len(self.regions))
+        out = np.full(idx.shape, "few", dtype="<U6")
+        table = np.asarray(self.regions, dtype="<U6")
+        out[inside] = table[idx[inside]]
+        return out
+
+    def table(self) -> pd.DataFrame:
+        """One row per bin: its edges, training count and region."""
+        return pd.DataFrame({"lo": self.edges[:-1], "hi": self.edges[1:], "train_count": self.counts,
+                             "region": list(self.regions)})
+
+
+def _threshold(value: float, n: int, name: str) -> float:
+    if value < 0:
+        raise ValueError(f"{name} must be non-negative, got {value}")
+    return value * n if isinstance(value, float) and value < 1 else float(value)
+
+
+def region_labels(y_train, bin_width: float = 2.0, many: float = 0.08, few: float = 0.02,
+                  lo: float | None = None, hi: float | None = None) -> Regions:
+    """Bin the training labels into fixed-width bins and label each bin many / medium / few.
+
+    Bins: width ``bin_width`` (default 2 dB for MD), edges on multiples of ``bin_width`` from
+    ``lo`` (default: the largest multiple at or below min(y_train)) up past ``hi`` (default
+    max(y_train)), so the observed range is covered and edges are round numbers (-4, -2, 0, ...).
+
+    Thresholds: a bin is "many" if its training count is >= ``many``, "few" if < ``few``, else
+    "medium". A value below 1 is a FRACTION of the training set size, a value of 1 or more an
+    absolute count. Defaults: many = 8 %, few = 2 % of the training set (40 and 10 of 500 eyes).
+
+    Why these: the reference (YyzHarry/imbalanced-regression) uses many > 100, few < 20 for 1-year
+    bins on AgeDB-DIR (about 12,200 training samples, about 120 per bin on average), i.e. about 0.8
+    and 0.16 of the mean bin count. Transferred literally to 500 eyes they would call every bin few;
+    transferred as fractions of the mean bin count (~17 MD bins of 2 dB -> ~30 eyes per bin) they
+    give "few" below 5 eyes, too few to estimate a bin's error at all. We keep the spirit (many =
+    well-populated head, few = bins with too little training data to learn from) with round numbers
+    for the Re-M3Dr setting of 500 training eyes: many >= 40 eyes (~8 %), few < 10 eyes (~2 %).
+    On 500 draws from a log-normal fitted to the UW archive's MD (median -4.5 dB, IQR -8 to
+    -2.7 dB) this makes the 2 dB bins from -8 to 0 dB many, -14 to -8 dB medium, and the severe
+    tail below -14 dB (and the rare MD > 0 dB) few. As fractions, the same defaults carry over to other sizes (randhie: 1-visit bins).
+    """
+    y_train = _np(y_train)
+    if y_train.size == 0:
+        raise ValueError("region_labels needs at least one training label")
+    if not np.all(np.isfinite(y_train)):
+        raise ValueError("training labels must be finite")
+    if bin_width <= 0:
+        raise ValueError(f"bin_width must be positive, got {bin_width}")
+    n = y_train.size
+    many_min, few_below = _threshold(many, n, "many"), _threshold(few, n, "few")
+    if few_below > many_min:
+        raise ValueError(f"few threshold ({few_below:g}) exceeds many threshold ({many_min:g})")
+    lo = np.floor(y_train.min() / bin_width) * bin_width if lo is None else float(lo)
+    hi = y_train.max() if hi is None else float(hi)
+    if hi < lo:
+        raise ValueError(f"hi ({hi:g}) is below lo ({lo:g})")
+    n_bins = int(np.floor((hi - lo) / bin_width)) + 1  # the last bin contains hi
+    edges = lo + bin_width * np.arange(n_bins + 1)
+    idx = np.searchsorted(edges, y_train, side="right") - 1
+    inside = (idx >= 0) & (idx < n_bins)
+    counts = np.bincount(idx[inside], minlength=n_bins)
+    regions = tuple("many" if c >= many_min else "few" if c < few_below else "medium" for c in counts)
+    return Regions(edges=edges, counts=counts, regions=regions, many_min=many_min, few_below=few_below)
+
+
+def per_region_report(y, yhat, regions) -> pd.DataFrame:
+    """One row per region (many, medium, few, all): n, MSE, MAE, GM of absolute errors, R^2.
+
+    ``regions`` is a ``Regions`` (applied to ``y``) or an array of region names per sample. As in
+    the reference code, a region's errors are pooled over its samples (not averaged per bin).
+    Metrics of an empty region are NaN; R^2 is NaN below 2 samples or for a constant label.
+    """
+    y, yhat = _pair(y, yhat)
+    names = regions.assign(y) if isinstance(regions, Regions) else np.asarray(regions).astype(str).reshape(-1)
+    if names.shape != y.shape:
+        raise ValueError(f"{names.size} region names for {y.size} samples")
+    rows = []
+    for region in (*REGIONS, "all"):
+        m = np.ones(y.shape, bool) if region == "all" else names == region
+        ys, ps = y[m], yhat[m]
+        rows.append({"region": region, "n": int(m.sum()), "mse": mse(ys, ps), "mae": mae(ys, ps),
+                     "gm": gmean_abs_error(ys, ps), "r2": r2(ys, ps)})
+    return pd.DataFrame(rows).set_index("region")
+
+
+def head_tail_split(y_train, regions: Regions | None = None, medium_as_tail: bool = False,
+                    **region_kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks ``head`` and ``tail`` over the training samples, for the coupled-imbalance
+    diagnosis of the Re-M3Dr paper (Fig. 2 trains on head-only and on tail-only data).
+
+    head = samples in "many" bins; tail = samples in "few" bins, plus "medium" ones when
+    ``medium_as_tail``. The masks are disjoint; they cover every sample exactly when
+    ``medium_as_tail`` is True (otherwise medium samples are in neither). The paper does not
+    define head and tail numerically; we reuse the shot regions so the diagnosis and the per-region
+    report speak of the same samples. ``regions`` defaults to ``region_labels(y_train,
+    **region_kwargs)``.
+    """
+    if regions is None:
+        regions = region_labels(y_train, **region_kwargs)
+    elif region_kwargs:
+        raise ValueError(f"pass either regions or region settings, not both: {sorted(region_kwargs)}")
+    names = regions.assign(y_train)
+    head = names == "many"
+    tail = (names == "few") | ((names == "medium") if medium_as_tail else False)
+    return head, tail

@@ -1,0 +1,76 @@
+"""One encoder per modality kind, each mapping a batch to ``[B, out_features]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data.format import ModalitySpec
+from .resnet import ResNet2d
+
+
+@dataclass
+class EncoderConfig:
+    """Backbone settings shared by the image encoders; ``mlp_hidden`` for vector modalities."""
+
+    arch: str = "resnet18"
+    width: float = 0.25
+    stem: str = "imagenet"
+    bscan_pool: str = "mean"
+    mlp_hidden: int = 64
+
+
+class ImageEncoder(nn.Module):
+    """A 2-D ResNet over ``[B, C, H, W]`` (the fundus photograph)."""
+
+    def __init__(self, in_channels: int, config: EncoderConfig):
+        super().__init__()
+        self.backbone = ResNet2d(config.arch, in_channels, config.width, config.stem)
+        self.out_features = self.backbone.out_features
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
+class SharedBscanEncoder(nn.Module):
+    """One 2-D ResNet shared across B-scans, applied to each B-scan of ``[B, S, H, W]``, then
+    pooled over the S B-scans (mean or max). Sharing weights across B-scans keeps the parameter
+    count of a single-image model and makes the encoder indifferent to the number of B-scans."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        if config.bscan_pool not in ("mean", "max"):
+            raise ValueError(f"unknown B-scan pooling {config.bscan_pool!r}; use 'mean' or 'max'")
+        self.backbone = ResNet2d(config.arch, 1, config.width, config.stem)
+        self.pool = config.bscan_pool
+        self.out_features = self.backbone.out_features
+
+    def forward(self, x):
+        b, s, h, w = x.shape
+        per_scan = self.backbone(x.reshape(b * s, 1, h, w)).reshape(b, s, -1)
+        return per_scan.mean(1) if self.pool == "mean" else per_scan.amax(1)
+
+
+class VectorEncoder(nn.Module):
+    """A two-layer MLP for tabular modalities (such as the ``randhie`` feature groups)."""
+
+    def __init__(self, in_features: int, config: EncoderConfig):
+        super().__init__()
+        h = config.mlp_hidden
+        self.net = nn.Sequential(nn.Linear(in_features, h), nn.ReLU(inplace=True), nn.Linear(h, h), nn.ReLU(inplace=True))
+        self.out_features = h
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def build_encoder(spec: ModalitySpec, config: EncoderConfig) -> nn.Module:
+    if spec.kind == "image":
+        return ImageEncoder(spec.shape[0], config)
+    if spec.kind == "volume":
+        return SharedBscanEncoder(config)
+    if spec.kind == "vector":
+        return VectorEncoder(spec.shape[0], config)
+    raise ValueError(f"no encoder for modality kind {spec.kind!r}")

@@ -1,0 +1,56 @@
+"""Batch image transforms, written here instead of torchvision (which does not run with our CPU
+torch). They act on float batches ``[B, C, H, W]`` (C may be B-scans) and draw their randomness
+from a ``torch.Generator`` so runs are reproducible.
+
+No flips: mirroring a fundus photograph turns a right eye into a left eye, and the workbench keeps
+laterality meaningful (it is in the tabular data).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IMAGE_MEAN = 0.4
+IMAGE_STD = 0.25
+
+
+def normalize(x: torch.Tensor, mean: float = IMAGE_MEAN, std: float = IMAGE_STD) -> torch.Tensor:
+    """Fixed affine normalisation of [0, 1] images (statistics close to both synthetic modalities)."""
+    return (x - mean) / std
+
+
+def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` px in each axis, filling with edge values."""
+    if max_shift <= 0:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, mode="replicate")
+    shifts = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(shifts)])
+
+
+def random_intensity(x: torch.Tensor, brightness: float, contrast: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image contrast ``1 +/- contrast`` about the image mean and brightness ``+/- brightness``."""
+    b = x.shape[0]
+    shape = (b,) + (1,) * (x.dim() - 1)
+    c = 1 + contrast * (2 * torch.rand(shape, generator=generator) - 1)
+    o = brightness * (2 * torch.rand(shape, generator=generator) - 1)
+    mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
+    return ((x - mean) * c + mean + o).clamp_(0.0, 1.0)
+
+
+def prepare_inputs(batch: dict, modalities, kinds: dict[str, str], augment: bool,
+                   generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> dict:
+    """Model inputs from a sample-format batch: augment (training only) and normalise the image
+    modalities, pass vector modalities through, move everything to ``device``."""
+    inputs = {}
+    for m in modalities:
+        x = batch[m]
+        if kinds[m] in ("image", "volume"):
+            if augment:
+                x = random_intensity(random_translate(x, max(1, x.shape[-1] // 16), generator), 0.05, 0.1, generator)
+            x = normalize(x)
+        inputs[m] = x.to(device, non_blocking=True)
+    return inputs
