@@ -17,7 +17,7 @@ class DataError(ValueError):
     """A data set on disk (or a generated one) does not satisfy what the workbench needs."""
 
 
-def _listing(items: Iterable, limit: int = 10) -> str:
+def brief_list(items: Iterable, limit: int = 10) -> str:
     items = list(items)
     shown = ", ".join(map(str, items[:limit]))
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
@@ -26,7 +26,7 @@ def _listing(items: Iterable, limit: int = 10) -> str:
 def check_unique_ids(ids: Sequence[str], source: str) -> None:
     duplicated = sorted(i for i, c in Counter(ids).items() if c > 1)
     if duplicated:
-        raise DataError(f"{source}: duplicate sample id(s) {_listing(duplicated)}")
+        raise DataError(f"{source}: duplicate sample id(s) {brief_list(duplicated)}")
 
 
 def check_labels(ids: Sequence[str], y, source: str, valid_range: tuple[float, float] | None = MD_RANGE_DB,
@@ -35,12 +35,12 @@ def check_labels(ids: Sequence[str], y, source: str, valid_range: tuple[float, f
     y = np.asarray(y, dtype=np.float64)
     bad_nan = [i for i, v in zip(ids, y) if not np.isfinite(v)]
     if bad_nan:
-        raise DataError(f"{source}: {label} is missing or not a number for sample(s) {_listing(bad_nan)}")
+        raise DataError(f"{source}: {label} is missing or not a number for sample(s) {brief_list(bad_nan)}")
     if valid_range is not None:
         lo, hi = valid_range
         bad = [f"{i} ({v:g})" for i, v in zip(ids, y) if not lo <= v <= hi]
         if bad:
-            raise DataError(f"{source}: implausible {label} outside [{lo:g}, {hi:g}] for sample(s) {_listing(bad)}")
+            raise DataError(f"{source}: implausible {label} outside [{lo:g}, {hi:g}] for sample(s) {brief_list(bad)}")
     return y
 
 
@@ -51,8 +51,8 @@ def check_id_sets(label_ids: Iterable[str], disk_ids: Iterable[str], label_sourc
     only_disk = sorted(disk_ids - label_ids)
     problems = []
     if only_labels:
-        problems.append(f"id(s) in {label_source} but not in {disk_source}: {_listing(only_labels)}")
+        problems.append(f"id(s) in {label_source} but not in {disk_source}: {brief_list(only_labels)}")
     if only_disk:
-        problems.append(f"id(s) in {disk_source} but not in {label_source}: {_listing(only_disk)}")
+        problems.append(f"id(s) in {disk_source} but not in {label_source}: {brief_list(only_disk)}")
     if problems:
         raise DataError("; ".join(problems))

@@ -121,8 +121,7 @@ class MultimodalSplit:
         return out
 
     def __getitem__(self, i: int) -> dict:
-        sample = self.batch(torch.tensor([i]))
-        return {k: (v[0] if k != "id" else v[0]) for k, v in sample.items()}
+        return {k: v[0] for k, v in self.batch(torch.tensor([i])).items()}
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False) -> Iterator[dict]:

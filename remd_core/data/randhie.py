@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import SplitConfig, assemble
-from .checks import DataError, _listing, check_labels
+from .checks import DataError, brief_list, check_labels
 from .format import DatasetSpec, ModalitySpec, tabular_tensor
 from .splits import split_sizes, stratified_split
 
@@ -79,12 +79,12 @@ def build(config: Config, name: str = "randhie", frame=None):
     visits = check_labels(ids, frame[TARGET].to_numpy(dtype=np.float64), source, valid_range=None, label=TARGET)
     negative = ids[visits < 0]
     if negative.size:
-        raise DataError(f"{source}: negative {TARGET} for sample(s) {_listing(negative)}")
+        raise DataError(f"{source}: negative {TARGET} for sample(s) {brief_list(negative)}")
     features = {g: frame[list(cols)].to_numpy(dtype=np.float64) for g, cols in FEATURE_GROUPS.items()}
     for g, x in features.items():
         bad = ids[~np.isfinite(x).all(axis=1)]
         if bad.size:
-            raise DataError(f"{source}: missing or non-finite {g} feature(s) for sample(s) {_listing(bad)}")
+            raise DataError(f"{source}: missing or non-finite {g} feature(s) for sample(s) {brief_list(bad)}")
 
     if config.n_rows is not None:
         if not 0 < config.n_rows <= len(frame):

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from .base import SplitConfig, assemble
-from .checks import DataError, _listing, check_id_sets, check_labels, check_unique_ids
+from .checks import DataError, brief_list, check_id_sets, check_labels, check_unique_ids
 from .format import (EYE_CODES, GLAUCOMA_STAGES, DatasetSpec, ModalitySpec, MultimodalDataset, stage_from_md,
                      tabular_tensor)
 from .imageio import IMAGE_SUFFIXES, read_image, select_bscans
@@ -146,7 +146,7 @@ def _read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         raise DataError(f"{path}: missing column(s) {missing}; it has {list(frame.columns)}")
     blank = [int(i) + 2 for i in np.flatnonzero(frame["id"].isna() | (frame["id"].str.strip() == ""))]
     if blank:
-        raise DataError(f"{path}: row(s) {_listing(blank)} (spreadsheet numbering) have no ID")
+        raise DataError(f"{path}: row(s) {brief_list(blank)} (spreadsheet numbering) have no ID")
     return frame
 
 
@@ -193,7 +193,7 @@ def _list_eyes(folders: dict[str, Path], ids: list[str], require_fundus: bool):
                 raise DataError(f"eye {eye}: B-scans {pa.name} and {pb.name} share the index {a}")
         bscans[eye] = [p for _, _, p in keyed]
     if missing_fundus and require_fundus:
-        raise DataError(f"fundus photograph missing for {len(missing_fundus)} eye(s): {_listing(missing_fundus)} "
+        raise DataError(f"fundus photograph missing for {len(missing_fundus)} eye(s): {brief_list(missing_fundus)} "
                         f"(pass require_fundus=False to load them with an absent fundus)")
     return bscans, fundus
 
@@ -204,7 +204,7 @@ def _pick_bscans(bscans: dict[str, list[Path]], n: int, resample: bool) -> dict[
         groups = {}
         for eye, c in counts.items():
             groups.setdefault(c, []).append(eye)
-        described = "; ".join(f"{c} in eye(s) {_listing(e)}" for c, e in sorted(groups.items()))
+        described = "; ".join(f"{c} in eye(s) {brief_list(e)}" for c, e in sorted(groups.items()))
         raise DataError(f"B-scan counts differ between eyes: {described} "
                         f"(pass resample_bscans=True to pick n_bscans from each eye's own count)")
     return {eye: select_bscans(c, n, f"eye {eye}", allow_repeats=resample) for eye, c in counts.items()}
