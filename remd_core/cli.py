@@ -1,29 +1,31 @@
-"""Command line: ``remd list`` shows the catalog; ``remd baselines`` trains the unimodal and
-naive-fusion baselines on a catalog entry and writes metrics, predictions and a figure under
-``outputs/<run>/``. A finished model's results are written as soon as it finishes, and a rerun with
-the same ``--run`` skips the models already done, so an interrupted run loses no finished work."""
+"""Command line: ``remd list`` shows the catalog; ``remd compare`` runs experiment recipes
+(``remd_core.recipes``) over several seeds on a catalog entry and writes one tidy results table
+under ``outputs/<run>/``; ``remd baselines`` is ``compare`` with the unimodal and naive-fusion
+recipes and one seed, plus a figure. Each finished (recipe, seed) cell is written at once, and a
+rerun with the same ``--run`` skips finished cells, so an interrupted run loses no finished work."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 from . import data
 from .config import from_dict
-from .figures import baselines_figure
+from .compare import compare, summarize
+from .figures import compare_figure
 from .models import EncoderConfig
 from .paths import outputs_dir
 from .provenance import write as write_provenance
-from .train import TrainConfig, fit
+from .recipes import FUSION_RECIPES
+from .trainer import TrainConfig
 
-DEFAULT_MODELS = ("fundus", "oct", "fundus+oct")
+BASELINE_RECIPES = ("unimodal-fundus", "unimodal-oct", "naive-fusion")
 
 
 def parse_assignments(items: list[str]) -> dict:
@@ -43,46 +45,31 @@ def cmd_list(_args) -> int:
     return 0
 
 
-def cmd_baselines(args) -> int:
+def cmd_compare(args) -> int:
     dataset = data.load(args.dataset, **parse_assignments(args.data))
-    run = args.run or f"baselines-{dataset.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    recipes = args.recipes.split(",") if args.recipes else None
+    seeds = [int(s) for s in args.seeds.split(",")]
+    run = args.run or f"{args.command}-{dataset.name}-{datetime.now():%Y%m%d-%H%M%S}"
     folder = outputs_dir() / run
-    (folder / "models").mkdir(parents=True, exist_ok=True)
-    encoder = from_dict(EncoderConfig, parse_assignments(args.encoder), context="--encoder")
+    folder.mkdir(parents=True, exist_ok=True)
+    base = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       encoder=from_dict(EncoderConfig, parse_assignments(args.encoder), context="--encoder"),
+                       **parse_assignments(args.train))
     print(f"data set {dataset.name}: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
-    write_provenance(folder, {"command": sys.argv, "dataset": dataset.name, "data_config": asdict(dataset.config)})
-
-    for model in args.models.split(","):
-        done = folder / "models" / f"{model}.json"
-        if done.exists():
-            print(f"{model}: already done in {done.parent}, skipped")
-            continue
-        modalities = tuple(model.split("+"))
-        config = TrainConfig(modalities=modalities, epochs=args.epochs, seed=args.seed, encoder=encoder,
-                             batch_size=args.batch_size, lr=args.lr)
-        result = fit(dataset, config, progress=not args.quiet)
-        test_pred = result.predictions["test"]
-        test = dataset.test
-        pd.DataFrame({"model": model, "id": test.ids, "y": test.y.numpy(), "prediction": test_pred}).to_csv(
-            folder / "models" / f"{model}.predictions.csv", index=False)
-        result.history.assign(model=model).to_csv(folder / "models" / f"{model}.history.csv", index=False)
-        summary = {"model": model, **result.summary(), "train_config": asdict(config)}
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str))
-        tmp.replace(done)
-        print(f"{model}: test R2 {summary['test_r2']:.3f}  MSE {summary['test_mse']:.2f}  "
-              f"MAE {summary['test_mae']:.2f} dB  (best epoch {result.best_epoch}, {result.seconds:.0f} s)")
-
-    summaries = [json.loads((folder / "models" / f"{m}.json").read_text()) for m in args.models.split(",")]
-    metrics = pd.DataFrame([{k: v for k, v in s.items() if k != "train_config"} for s in summaries])
-    metrics.to_csv(folder / "metrics.csv", index=False)
-    predictions = pd.concat([pd.read_csv(folder / "models" / f"{m}.predictions.csv") for m in args.models.split(",")])
-    predictions.to_csv(folder / "predictions.csv", index=False)
-    figure = baselines_figure(metrics, predictions, dataset.train.y.numpy(),
-                              f"{dataset.name}: unimodal vs naive fusion ({args.epochs} epochs, seed {args.seed})",
-                              folder / "baselines.png")
-    print(metrics[["model", "test_r2", "test_mse", "test_mae", "test_stage_score"]].to_string(index=False))
-    print(f"results: {folder}\n  metrics.csv, predictions.csv, {figure.name}, provenance.json")
+    write_provenance(folder, {"command": sys.argv, "dataset": dataset.name, "data_config": asdict(dataset.config),
+                              "train_config": asdict(base), "seeds": seeds})
+    start = time.perf_counter()
+    results = compare(dataset, recipes, seeds, base, folder, progress=not args.quiet)
+    summary = summarize(results)
+    columns = [c for c in ("seeds", "test_r2_mean", "test_r2_std", "test_mse_mean", "test_mse_std", "test_mae_mean",
+                           "test_mae_std", "few_mse_mean") if c in summary]
+    print(summary[columns].round(3).to_string())
+    figure = compare_figure(results, dataset.test.y.numpy(), dataset.train.y.numpy(),
+                            f"{dataset.name}: {args.epochs} epochs, {base.encoder.arch} width {base.encoder.width}",
+                            folder / "test_r2.png")
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    print(f"results: {folder}\n  results.csv (per seed), summary.csv (mean and SD), {figure.name}, cells/, "
+          "provenance.json")
     return 0
 
 
@@ -90,19 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remd", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the data catalog").set_defaults(func=cmd_list)
-    b = sub.add_parser("baselines", help="train unimodal and naive-fusion baselines")
-    b.add_argument("--dataset", default=None, help="catalog entry (default: the catalog's default)")
-    b.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE", help="data set overrides")
-    b.add_argument("--encoder", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="encoder settings (arch, width, stem, bscan_pool, mlp_hidden)")
-    b.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated, '+' joins modalities")
-    b.add_argument("--epochs", type=int, default=30)
-    b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--lr", type=float, default=1e-3)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--run", default=None, help="run folder name under outputs/ (reuse it to resume)")
-    b.add_argument("--quiet", action="store_true", help="no progress bars")
-    b.set_defaults(func=cmd_baselines)
+    for command, recipes, seeds, text in (
+            ("compare", None, "0,1,2", "run recipes over seeds and write one results table"),
+            ("baselines", ",".join(BASELINE_RECIPES), "0", "unimodal and naive-fusion baselines (one seed)")):
+        b = sub.add_parser(command, help=text)
+        b.add_argument("--dataset", default=None, help="catalog entry (default: the catalog's default)")
+        b.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE", help="data set overrides")
+        b.add_argument("--recipes", default=recipes,
+                       help=f"comma-separated recipes (default: all); known: unimodal-<modality>, {', '.join(FUSION_RECIPES)}")
+        b.add_argument("--seeds", default=seeds, help="comma-separated training seeds")
+        b.add_argument("--encoder", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="encoder settings (arch, width, stem, bscan_pool, mlp_hidden)")
+        b.add_argument("--train", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="other TrainConfig settings (optimizer, regression_loss, margin_m0, device, ...)")
+        b.add_argument("--epochs", type=int, default=30)
+        b.add_argument("--batch-size", type=int, default=16)
+        b.add_argument("--lr", type=float, default=1e-3)
+        b.add_argument("--run", default=None, help="run folder name under outputs/ (reuse it to resume)")
+        b.add_argument("--quiet", action="store_true", help="no progress bars")
+        b.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -12,31 +12,34 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def baselines_figure(metrics: pd.DataFrame, predictions: pd.DataFrame, y_train: np.ndarray, title: str,
-                     path: Path) -> Path:
-    """Three panels: test R^2 per model, predicted vs true MD on the test split, and the training
-    MD distribution (the long tail every model has to cope with)."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+def compare_figure(results: pd.DataFrame, y_test: np.ndarray, y_train: np.ndarray, title: str, path: Path) -> Path:
+    """Three panels: test R^2 per recipe and model (mean and SD over seeds), predicted vs true on
+    the test split for the first seed, and the training label distribution (the long tail)."""
+    label = results["recipe"] + np.where(results["model"].isin(["fusion"]), "", " [" + results["model"] + "]")
+    results = results.assign(label=label)
+    stats = results.groupby("label", sort=False)["test_r2"].agg(["mean", "std"]).fillna(0.0)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     ax = axes[0]
-    ax.bar(metrics["model"], metrics["test_r2"], color=["#4c72b0", "#dd8452", "#55a868", "#c44e52"][: len(metrics)])
-    for i, v in enumerate(metrics["test_r2"]):
-        ax.text(i, v, f"{v:.3f}", ha="center", va="bottom")
-    ax.set_ylabel("test R$^2$")
-    ax.set_title("test R$^2$ per model")
+    ax.barh(stats.index[::-1], stats["mean"][::-1], xerr=stats["std"][::-1], color="#4c72b0")
+    for i, v in enumerate(stats["mean"][::-1]):
+        ax.text(v, i, f" {v:.3f}", va="center")
+    ax.set_xlabel("test R$^2$ (mean $\\pm$ SD over seeds)")
+    ax.set_title(f"test R$^2$, seeds {sorted(results['seed'].unique().tolist())}")
     ax = axes[1]
-    lo, hi = predictions["y"].min(), predictions["y"].max()
-    for model, group in predictions.groupby("model", sort=False):
-        ax.scatter(group["y"], group["prediction"], s=10, alpha=0.6, label=model)
+    first = results[results["seed"] == results["seed"].min()]
+    for _, row in first.iterrows():
+        ax.scatter(y_test, row["test_predictions"], s=8, alpha=0.5, label=row["label"])
+    lo, hi = float(np.min(y_test)), float(np.max(y_test))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set_xlabel("true MD (dB)")
-    ax.set_ylabel("predicted MD (dB)")
-    ax.set_title("test predictions")
-    ax.legend()
+    ax.set_xlabel("true label")
+    ax.set_ylabel("prediction")
+    ax.set_title(f"test predictions, seed {results['seed'].min()}")
+    ax.legend(fontsize=7)
     ax = axes[2]
     ax.hist(y_train, bins=40, color="#8172b2")
-    ax.set_xlabel("MD (dB)")
-    ax.set_ylabel("training eyes")
-    ax.set_title(f"training MD: median {np.median(y_train):.2f} dB")
+    ax.set_xlabel("label")
+    ax.set_ylabel("training samples")
+    ax.set_title(f"training labels: median {np.median(y_train):.2f}")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

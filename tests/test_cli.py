@@ -9,33 +9,45 @@ ARGS = ["baselines", "--data", "n_eyes=60", "image_size=32", "oct_size=32", "n_b
         "--encoder", "width=0.125", "--epochs", "1", "--batch-size", "8", "--run", "smoke", "--quiet"]
 
 
+def run(args, tmp_path):
+    return subprocess.run([sys.executable, "-m", "remd_core", *args], capture_output=True, text=True,
+                          env={"REMD_OUTPUTS": str(tmp_path), "PATH": ""})
+
+
 @pytest.mark.slow
 def test_baselines_command_writes_results_and_resumes(tmp_path):
-    env = {"REMD_OUTPUTS": str(tmp_path), "PATH": ""}
-    first = subprocess.run([sys.executable, "-m", "remd_core", *ARGS], capture_output=True, text=True, env=env)
+    first = run(ARGS, tmp_path)
     assert first.returncode == 0, first.stderr
-    run = tmp_path / "smoke"
-    metrics = pd.read_csv(run / "metrics.csv")
-    assert list(metrics["model"]) == ["fundus", "oct", "fundus+oct"]
-    assert metrics["test_n"].eq(15).all()
-    predictions = pd.read_csv(run / "predictions.csv")
-    assert len(predictions) == 45
-    assert (run / "baselines.png").stat().st_size > 10_000
-    provenance = json.loads((run / "provenance.json").read_text())
+    folder = tmp_path / "smoke"
+    results = pd.read_csv(folder / "results.csv")
+    assert list(results["recipe"]) == ["unimodal-fundus", "unimodal-oct", "naive-fusion"]
+    assert list(results["model"]) == ["fundus", "oct", "fusion"]
+    assert results["test_n"].eq(15).all()
+    summary = pd.read_csv(folder / "summary.csv")
+    assert summary["test_r2_mean"].tolist() == pytest.approx(results["test_r2"].tolist())
+    cell = json.loads((folder / "cells" / "naive-fusion-seed0.json").read_text())
+    assert len(cell[0]["test_predictions"]) == 15
+    assert (folder / "test_r2.png").stat().st_size > 10_000
+    provenance = json.loads((folder / "provenance.json").read_text())
     assert provenance["packages"]["torch"] and provenance["dataset"] == "synthetic-stage2"
-    assert str(run) in first.stdout
+    assert str(folder) in first.stdout
 
-    again = subprocess.run([sys.executable, "-m", "remd_core", *ARGS], capture_output=True, text=True, env=env)
+    again = run(ARGS, tmp_path)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("already done") == 3
-    pd.testing.assert_frame_equal(pd.read_csv(run / "metrics.csv"), metrics)
+    assert again.stdout.count("done earlier, skipped") == 3
+    pd.testing.assert_frame_equal(pd.read_csv(folder / "results.csv"), results)
 
 
 def test_unknown_data_override_fails_with_the_key_named(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "remd_core", "baselines", "--data", "n_eys=10"],
-                         capture_output=True, text=True, env={"REMD_OUTPUTS": str(tmp_path), "PATH": ""})
+    out = run(["baselines", "--data", "n_eys=10"], tmp_path)
     assert out.returncode != 0
     assert "n_eys" in out.stderr and "n_eyes" in out.stderr
+
+
+def test_unknown_recipe_fails_with_the_known_ones_listed(tmp_path):
+    out = run([*ARGS[:-3], "--recipes", "re-m3dr,magic", "--quiet"], tmp_path)
+    assert out.returncode != 0
+    assert "magic" in out.stderr and "mmpareto" in out.stderr
 
 
 def test_list_shows_every_catalog_entry():

@@ -47,9 +47,24 @@ def test_regressor_returns_every_prediction_and_feature_and_all_receive_gradient
     assert out["fused"].shape == (3,)
     assert set(out["unimodal"]) == set(out["features"]) == {"fundus", "oct", "plan"}
     assert out["features"]["plan"].shape == (3, 8)
+    assert out["projections"]["oct"].shape == (3, 128)
     loss = out["fused"].sum() + sum(p.sum() for p in out["unimodal"].values())
+    loss = loss + sum(z.sum() for z in out["projections"].values())
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+    shared = {id(p) for p in model.encoder_parameters()}
+    assert shared.isdisjoint(id(p) for p in model.head_parameters())
+    assert len(shared) + len(model.head_parameters()) == len(list(model.parameters()))
+
+
+def test_fusion_contributions_add_up_to_the_fused_prediction():
+    model = MultimodalRegressor(SPEC, encoder=EncoderConfig(width=0.125, mlp_hidden=8)).eval()
+    inputs = {"fundus": torch.randn(3, 3, 32, 32), "oct": torch.randn(3, 4, 32, 32), "plan": torch.randn(3, 5)}
+    out = model(inputs)
+    parts = model.fusion_contributions(out["features"])
+    torch.testing.assert_close(sum(parts.values()), out["fused"])
+    w = model.fusion_head.weight[0, -8:]
+    torch.testing.assert_close(parts["plan"], out["features"]["plan"] @ w + model.fusion_head.bias[0] / 3)
 
 
 def test_single_modality_model_is_the_same_class():

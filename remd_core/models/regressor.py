@@ -1,9 +1,11 @@
 """The multimodal regressor of the Re-M3Dr setting (seed 001, section 3.1, Eq. 1): one encoder and
 one unimodal regression head per modality, and a fusion head over the concatenated features.
 
-``forward`` returns every prediction and every feature, so any training objective (the fused
-loss alone, Eq. 1's weighted sum with unimodal losses, or a gradient-modulation strategy) can be
-built on one forward pass. A single-modality model is the same class with one modality.
+``forward`` returns every prediction, every feature and a projection of each feature for the
+contrastive loss of stage 1 (section 4.1; a two-layer MLP head as in SupCon), so any training
+objective (the fused loss alone, Eq. 1's weighted sum with unimodal losses, a gradient-modulation
+strategy, the stage-1 objective) can be built on one forward pass. A single-modality model is the
+same class with one modality.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from .encoders import EncoderConfig, build_encoder
 
 class MultimodalRegressor(nn.Module):
     def __init__(self, spec: DatasetSpec, modalities: tuple[str, ...] | None = None,
-                 encoder: EncoderConfig | None = None):
+                 encoder: EncoderConfig | None = None, projection_dim: int = 128):
         super().__init__()
         self.modalities = tuple(modalities or spec.modality_names)
         if not self.modalities:
@@ -25,17 +27,40 @@ class MultimodalRegressor(nn.Module):
         encoder = encoder or EncoderConfig()
         self.encoders = nn.ModuleDict({m: build_encoder(spec.modality(m), encoder) for m in self.modalities})
         self.heads = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_features, 1) for m in self.modalities})
+        self.projections = nn.ModuleDict({
+            m: nn.Sequential(nn.Linear(e.out_features, e.out_features), nn.ReLU(inplace=True),
+                             nn.Linear(e.out_features, projection_dim))
+            for m, e in self.encoders.items()})
         fused_features = sum(e.out_features for e in self.encoders.values())
         self.fusion_head = nn.Linear(fused_features, 1)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict:
         """``inputs`` maps modality names to float batches. Returns ``fused`` ``[B]``,
-        ``unimodal`` {modality: ``[B]``} and ``features`` {modality: ``[B, F]``}."""
+        ``unimodal`` {modality: ``[B]``}, ``features`` {modality: ``[B, F]``} and
+        ``projections`` {modality: ``[B, projection_dim]``}."""
         features = {m: self.encoders[m](inputs[m]) for m in self.modalities}
         unimodal = {m: self.heads[m](f).squeeze(-1) for m, f in features.items()}
+        projections = {m: self.projections[m](f) for m, f in features.items()}
         fused = self.fusion_head(torch.cat([features[m] for m in self.modalities], dim=-1)).squeeze(-1)
-        return {"fused": fused, "unimodal": unimodal, "features": features}
+        return {"fused": fused, "unimodal": unimodal, "features": features, "projections": projections}
+
+    def fusion_contributions(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each modality's share of the fused prediction: its slice of the fusion head's weight
+        times its features, plus an equal share of the bias (OGM-GE's per-modality outputs,
+        Peng et al. CVPR 2022). The shares sum to the fused prediction."""
+        out, start = {}, 0
+        weight, bias = self.fusion_head.weight, self.fusion_head.bias
+        for m in self.modalities:
+            width = features[m].shape[-1]
+            out[m] = (features[m] @ weight[:, start:start + width].T).squeeze(-1) + bias / len(self.modalities)
+            start += width
+        return out
 
     def encoder_parameters(self):
         """Parameters shared between the fused and the unimodal objectives."""
         return [p for e in self.encoders.values() for p in e.parameters()]
+
+    def head_parameters(self):
+        """Parameters each objective owns alone: the fusion head, the unimodal heads, the projections."""
+        shared = {id(p) for p in self.encoder_parameters()}
+        return [p for p in self.parameters() if id(p) not in shared]

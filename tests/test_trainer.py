@@ -5,7 +5,7 @@ import torch
 from remd_core import metrics
 from remd_core.data import load
 from remd_core.models import EncoderConfig
-from remd_core.train import TrainConfig, fit, predict
+from remd_core.trainer import TrainConfig, fit, predict
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)
 TINY = EncoderConfig(width=0.125)
@@ -18,10 +18,12 @@ def dataset():
 
 @pytest.mark.slow
 def test_fit_lowers_the_training_loss_and_reports_test_metrics(dataset):
-    result = fit(dataset, TrainConfig(modalities=("fundus",), epochs=4, batch_size=8, encoder=TINY), progress=False)
-    assert len(result.history) == 4
-    assert result.history["train_loss"].iloc[-1] < result.history["train_loss"].iloc[0]
-    assert result.best_epoch == int(result.history["val_r2"].idxmax()) + 1
+    config = TrainConfig(modalities=("fundus",), epochs=4, batch_size=8, augment=False, encoder=TINY)
+    result = fit(dataset, config, progress=False)
+    assert len(result.epochs) == 4
+    per_epoch = result.history.groupby("epoch")["loss_fused"].mean()
+    assert per_epoch.iloc[-1] < per_epoch.iloc[0]
+    assert result.best_epoch == int(result.epochs["val_r2"].idxmax()) + 1
     y = dataset.test.y.numpy()
     assert result.metrics["test"]["r2"] == pytest.approx(metrics.r2(y, result.predictions["test"]))
     assert result.metrics["test"]["n"] == 20
@@ -41,11 +43,12 @@ def test_predictions_come_back_in_label_units(dataset):
 
 @pytest.mark.slow
 def test_fusion_trains_both_encoders_and_unimodal_weight_reaches_the_heads(dataset):
-    naive = fit(dataset, TrainConfig(epochs=1, batch_size=8, encoder=TINY), progress=False)
-    untouched = {k: v for k, v in naive.model.heads.state_dict().items()}
-    fresh = fit(dataset, TrainConfig(epochs=1, batch_size=8, encoder=TINY, unimodal_weight=0.0, seed=0),
+    naive = fit(dataset, TrainConfig(epochs=1, batch_size=8, encoder=TINY, strategy_options={"unimodal_weight": 0.0}),
                 progress=False)
-    joint = fit(dataset, TrainConfig(epochs=1, batch_size=8, encoder=TINY, unimodal_weight=1.0, seed=0),
+    untouched = {k: v for k, v in naive.model.heads.state_dict().items()}
+    fresh = fit(dataset, TrainConfig(epochs=1, batch_size=8, encoder=TINY, strategy_options={"unimodal_weight": 0.0}),
+                progress=False)
+    joint = fit(dataset, TrainConfig(epochs=1, batch_size=8, encoder=TINY, strategy_options={"unimodal_weight": 1.0}),
                 progress=False)
     # naive fusion never updates the unimodal heads: same seed, same initial heads
     assert all(torch.equal(untouched[k], fresh.model.heads.state_dict()[k]) for k in untouched)

@@ -1,0 +1,28 @@
+"""Diagnostics of the coupled-imbalance failure (Re-M3Dr paper, section 1 and Fig. 2; section 5.5).
+
+- ``oscillation``: how much unimodal loss curves oscillate per subset/run (Fig. 2a-c), and how often
+  the multimodal and unimodal gradients conflict (cos < 0).
+- ``landscape``: filter-normalised 1-D/2-D loss slices (Li et al., NeurIPS 2018) and a sharpness
+  summary, for pictures of sharp minima such as Fig. 2e.
+- ``hessian``: the top Hessian eigenvalue by power iteration, a curvature scalar to set beside SGM's
+  sharpness score and gamma (Fig. 5).
+"""
+
+from .hessian import top_hessian_eigenvalue
+from .landscape import (perturbation_guard, random_direction, resolve_params, sharpness_from_slice, slice_1d,
+                        slice_2d)
+from .oscillation import DEFAULT_WINDOW, gradient_conflict, oscillation_index, oscillation_table
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "gradient_conflict",
+    "oscillation_index",
+    "oscillation_table",
+    "perturbation_guard",
+    "random_direction",
+    "resolve_params",
+    "sharpness_from_slice",
+    "slice_1d",
+    "slice_2d",
+    "top_hessian_eigenvalue",
+]

@@ -1,0 +1,320 @@
+"""Stage-1 losses of Re-M3Dr: adaptive-margin supervised contrastive loss plus a regression loss.
+
+Sources
+-------
+- Re-M3Dr (seed 001), section 4.1 "Adaptive Margin Supervised Contrastive Pretraining":
+  positives ``P(i) = {j : |y_i - y_j| < m(t)}`` and negatives ``N(i) = {j : |y_i - y_j| >= m(t)}``
+  (the two set equations of section 4.1), the margin schedule ``m(t) = m0`` for ``t < t_n`` and
+  ``m0 * exp(-beta * (t - t_n))`` afterwards (``margin_schedule``), the "standard supervised
+  contrastive loss" ``-log( exp(z_i.z_p / tau) / sum_a exp(z_i.z_a / tau) )`` (``am_supcon_loss``)
+  and the stage-1 total ``L = L_regression + lambda * L_SupCon`` (``stage1_objective``). Reported
+  defaults: ``m0 = 0.4``, ``beta = 0.0005`` (section 5.6, Fig. 6; we read ``t`` as the iteration
+  count); ``t_n`` is not reported. The equations of section 4.1 are unnumbered in our copy of the
+  paper, so they are cited by what they define.
+- Section 5.2: "we use a combination of SMAPE and R^2 as loss function" (``smape_r2_loss``; the
+  paper gives no formula, see there).
+- Supervised contrastive loss: Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020, the
+  L_out form (mean over positives outside the log), and its official code
+  (HobbitLong/SupContrast, ``losses.py``): features L2-normalised, logits shifted by a detached row
+  maximum, self-contrast excluded from the denominator, loss scaled by ``tau / base_tau``,
+  defaults ``tau = base_tau = 0.07``.
+
+Label units of the margin (our choice; the paper does not say)
+--------------------------------------------------------------
+The functions here are unit-agnostic: the margin is compared with whatever labels are passed.
+Our trainer passes STANDARDISED labels, ``(MD - mean) / SD`` with the training split's mean and SD,
+so ``m0 = 0.4`` means 0.4 SD of training MD. On STAGE2-like data one SD of MD is a few dB; a raw
+margin of 0.4 dB would leave almost no positive pairs in a batch of 8 (the paper's batch size), and
+the loss would be zero most of the time.
+
+Where we differ from the official SupContrast code
+--------------------------------------------------
+- Positives come from label distance (``positive_mask``), not class equality, and never include
+  the anchor itself.
+- One view per sample: ``z`` is ``[B, D]``. For several augmented views, concatenate the views and
+  repeat the labels (``torch.cat(views)``, ``y.repeat(n_views)``); this is SupContrast's
+  ``contrast_mode='all'``, except that two views of one sample are positives only when
+  ``margin > 0`` (their label distance is 0 and the test is strict).
+- Anchors without a positive are EXCLUDED from the mean. The original code divides by a zero
+  positive count and returns NaN (a reported bug); the later fix divides by 1 instead, so such
+  anchors count as zeros in the mean and the loss shrinks as the margin decays. A batch where no
+  anchor has a positive returns a zero that is still attached to the graph.
+- Features are rescaled by their largest absolute entry before the L2 normalisation, so very large
+  or very small features neither overflow nor underflow the norm (the result is unchanged).
+- The stabilising shift is the maximum over the OTHER samples (SupContrast's row maximum includes
+  the self-similarity). The shift cancels exactly; ours guarantees a denominator of at least 1 after
+  the shift, so no ``+ eps`` inside the log is needed even at a tiny temperature.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import torch
+
+from .metrics import SMAPE_EPS
+
+RegressionLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+MIN_LABEL_VAR = 1e-2
+"""Floor on the batch label variance inside ``1 - R^2`` (units of the labels passed to the loss;
+the trainer passes standardised labels, so (0.1 SD)^2). See ``one_minus_r2``."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Adaptive margin
+# --------------------------------------------------------------------------------------------------
+
+def margin_schedule(step, m0: float, beta: float, t_n: float):
+    """The adaptive margin of section 4.1:
+
+        m(t) = m0                            if t <  t_n
+        m(t) = m0 * exp(-beta * (t - t_n))   if t >= t_n
+
+    ``step`` is the iteration count ``t`` (int or float, or a numpy array for plotting a whole
+    schedule). Returns a float for a scalar step, an array of the same shape otherwise. The paper's
+    defaults are ``m0 = 0.4`` and ``beta = 0.0005`` (section 5.6); it does not report ``t_n`` nor
+    say whether ``t`` counts iterations or epochs (we use iterations).
+    """
+    for name, value in (("m0", m0), ("beta", beta), ("t_n", t_n)):
+        if not value >= 0:  # also rejects NaN
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    t = np.asarray(step, dtype=np.float64)
+    # exp of the clipped exponent: no overflow warning from the unused branch when step << t_n
+    out = np.where(t < t_n, m0, m0 * np.exp(-beta * np.maximum(t - t_n, 0.0)))
+    return float(out) if out.ndim == 0 else out
+
+
+def _check_margin(margin) -> float:
+    margin = float(margin)
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    return margin
+
+
+def _labels(y: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """Labels as a 1-D floating tensor ([B] or [B, 1] accepted), detached."""
+    y = torch.as_tensor(y).detach().reshape(-1)
+    if not torch.is_floating_point(y):
+        y = y.to(torch.get_default_dtype())
+    if n is not None and y.numel() != n:
+        raise ValueError(f"got {y.numel()} labels for {n} feature vectors")
+    return y
+
+
+def positive_mask(y: torch.Tensor, margin: float) -> torch.Tensor:
+    """``[B, B]`` bool mask of P(i) (section 4.1): ``mask[i, j] = |y_i - y_j| < margin`` for j != i.
+
+    Strict inequality as in the paper (a pair exactly ``margin`` apart is a negative), so
+    ``margin = 0`` gives no positives. The diagonal is False: the anchor is never its own positive.
+    The comparison is made in the labels' floating dtype.
+    """
+    margin = _check_margin(margin)
+    y = _labels(y)
+    mask = (y[:, None] - y[None, :]).abs() < margin
+    mask.fill_diagonal_(False)
+    return mask
+
+
+# --------------------------------------------------------------------------------------------------
+# Adaptive-margin supervised contrastive loss
+# --------------------------------------------------------------------------------------------------
+
+def _l2_normalise(z: torch.Tensor) -> torch.Tensor:
+    """Row-wise L2 normalisation that neither overflows nor underflows: rows are first divided by
+    their largest absolute entry (the normalised result is the same function of ``z``, so the
+    gradient is unchanged). An all-zero row stays zero."""
+    scale = z.detach().abs().amax(dim=1, keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.nn.functional.normalize(z / scale, dim=1)
+
+
+def am_supcon_loss(z: torch.Tensor, y: torch.Tensor, margin: float, temperature: float = 0.07,
+                   base_temperature: float = 0.07) -> torch.Tensor:
+    """Adaptive-margin SupCon loss (section 4.1; SupCon L_out of Khosla et al. 2020).
+
+    For anchor i with positives ``P(i) = {p != i : |y_i - y_p| < margin}`` and ``s_ia = z_i.z_a / tau``
+    on L2-normalised features:
+
+        L_i = -(tau / base_tau) * mean_{p in P(i)} log( exp(s_ip) / sum_{a != i} exp(s_ia) )
+
+    averaged over the anchors that have at least one positive. When no anchor has one (margin 0, a
+    batch of one, all labels far apart) the result is a zero still attached to ``z``'s graph, so
+    ``backward()`` works and gives zero gradients.
+
+    Args:
+        z: ``[B, D]`` projected features (normalised here; any scale).
+        y: ``[B]`` (or ``[B, 1]``) labels in the units of ``margin``.
+        margin: the current margin ``m(t)`` (see ``margin_schedule``); >= 0.
+        temperature, base_temperature: ``tau`` and ``base_tau``; > 0.
+    """
+    margin = _check_margin(margin)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not base_temperature > 0:
+        raise ValueError(f"base_temperature must be > 0, got {base_temperature}")
+    if z.ndim != 2:
+        raise ValueError(f"z must be [batch, dim], got shape {tuple(z.shape)}")
+    n = z.shape[0]
+    pos = positive_mask(_labels(y, n).to(z.device), margin)
+    has_pos = pos.any(dim=1)
+    if not bool(has_pos.any()):
+        return (z * 0.0).sum()  # zero, connected to the graph; elementwise so huge z cannot give NaN
+
+    feats = _l2_normalise(z)
+    logits = feats @ feats.T / temperature
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    others = logits.masked_fill(self_mask, float("-inf"))
+    shift = others.amax(dim=1, keepdim=True).detach()  # max over a != i: exp-sum below is >= 1
+    log_denominator = torch.log(torch.exp(others - shift).sum(dim=1, keepdim=True))
+    log_prob = logits - shift - log_denominator  # finite everywhere, diagonal included (B >= 2 here)
+
+    pos_f = pos.to(log_prob.dtype)
+    mean_log_prob_pos = (pos_f * log_prob).sum(dim=1) / pos_f.sum(dim=1).clamp(min=1.0)
+    loss_per_anchor = -(temperature / base_temperature) * mean_log_prob_pos
+    return loss_per_anchor[has_pos].mean()
+
+
+# --------------------------------------------------------------------------------------------------
+# Regression losses
+# --------------------------------------------------------------------------------------------------
+
+def _pair(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten both to 1-D after checking sizes ([B] vs [B, 1] would otherwise broadcast to [B, B])."""
+    if pred.numel() != target.numel():
+        raise ValueError(f"pred has {pred.numel()} values but target has {target.numel()}")
+    return pred.reshape(-1), target.reshape(-1).to(pred.dtype)
+
+
+def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error (in the units passed; the trainer passes standardised labels)."""
+    pred, target = _pair(pred, target)
+    return ((pred - target) ** 2).mean()
+
+
+def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error (in the units passed)."""
+    pred, target = _pair(pred, target)
+    return (pred - target).abs().mean()
+
+
+def smape_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = SMAPE_EPS) -> torch.Tensor:
+    """SMAPE as a fraction, ``mean(|y - yhat| / max((|y| + |yhat|) / 2, eps))``, the same definition
+    and denominator floor as ``remd_core.metrics.smape`` (see ``metrics.SMAPE_EPS``). Meaningful
+    only in the labels' original units (dB), not on standardised labels."""
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    pred, target = _pair(pred, target)
+    denom = ((target.abs() + pred.abs()) / 2).clamp(min=eps)
+    return ((target - pred).abs() / denom).mean()
+
+
+def one_minus_r2(pred: torch.Tensor, target: torch.Tensor,
+                 min_label_var: float = MIN_LABEL_VAR) -> torch.Tensor:
+    """``1 - R^2`` over the batch, ``SSE / SST`` with ``SST = sum (y - mean(y))^2``, guarded:
+
+    - a batch of fewer than 2 samples has no R^2: the result is a zero attached to ``pred``'s graph;
+    - the denominator is ``max(SST, B * min_label_var)``: a batch whose labels (nearly) coincide
+      would otherwise divide by (almost) zero and blow the loss up. With the default floor and the
+      trainer's standardised labels this binds only when the batch SD is below 0.1 training SD;
+    - with ``min_label_var = 0`` and all labels equal the result is again an attached zero.
+    """
+    if not min_label_var >= 0:
+        raise ValueError(f"min_label_var must be >= 0, got {min_label_var}")
+    pred, target = _pair(pred, target)
+    n = target.numel()
+    if n < 2:
+        return (pred * 0.0).sum()
+    sse = ((target - pred) ** 2).sum()
+    sst = ((target - target.mean()) ** 2).sum()
+    denom = torch.clamp(sst, min=n * min_label_var)
+    if not bool(denom > 0):
+        return (pred * 0.0).sum()
+    return sse / denom
+
+
+def smape_r2_loss(pred: torch.Tensor, target: torch.Tensor, *, label_mean: float = 0.0,
+                  label_std: float = 1.0, smape_weight: float = 1.0, r2_weight: float = 1.0,
+                  eps: float = SMAPE_EPS, min_label_var: float = MIN_LABEL_VAR) -> torch.Tensor:
+    """The paper's "combination of SMAPE and R^2" (section 5.2), defined by us as
+
+        smape_weight * SMAPE(pred_dB, target_dB) + r2_weight * (1 - R^2_batch(pred, target))
+
+    The paper gives no formula: the sum, the unit weights and the guards are our choice.
+
+    Units: the trainer standardises labels, ``(MD - mean) / SD``, before the loss. SMAPE on
+    standardised labels would divide by values near zero for every eye close to the training mean,
+    so SMAPE is computed on labels mapped back to dB, ``x * label_std + label_mean`` (pass the
+    training mean and SD; the defaults 0 and 1 mean "already in original units"). R^2 is invariant to
+    that affine map and is computed on the values passed (so ``min_label_var`` is in those units).
+    Even in dB, SMAPE is large for MD near 0 dB (normal eyes): a property of the paper's loss.
+
+    Guards: the SMAPE denominator is floored at ``eps`` (dB); ``1 - R^2`` is dropped for a batch of
+    one and floored in its denominator (see ``one_minus_r2``), so no batch gives NaN or inf.
+    """
+    if not label_std > 0:
+        raise ValueError(f"label_std must be > 0, got {label_std}")
+    if not math.isfinite(label_mean):
+        raise ValueError(f"label_mean must be finite, got {label_mean}")
+    for name, value in (("smape_weight", smape_weight), ("r2_weight", r2_weight)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    pred, target = _pair(pred, target)
+    smape = smape_loss(pred * label_std + label_mean, target * label_std + label_mean, eps=eps)
+    return smape_weight * smape + r2_weight * one_minus_r2(pred, target, min_label_var=min_label_var)
+
+
+REGRESSION_LOSSES: dict[str, RegressionLoss] = {
+    "mse": mse_loss,
+    "l1": l1_loss,
+    "smape_r2": smape_r2_loss,
+}
+
+
+def regression_loss(name: str, **kwargs) -> RegressionLoss:
+    """The regression loss ``callable(pred, target)`` called ``name`` ("mse", "l1", "smape_r2").
+
+    Keyword arguments are bound to the loss (for example
+    ``regression_loss("smape_r2", label_mean=m, label_std=s)``); an argument the loss does not take
+    is a ``ValueError`` here, not a surprise at the first batch.
+    """
+    if name not in REGRESSION_LOSSES:
+        raise ValueError(f"unknown regression loss {name!r}; known: {sorted(REGRESSION_LOSSES)}")
+    fn = REGRESSION_LOSSES[name]
+    if not kwargs:
+        return fn
+    try:
+        inspect.signature(fn).bind(None, None, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"regression loss {name!r} does not take {sorted(kwargs)}: {err}") from None
+    return partial(fn, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage-1 objective
+# --------------------------------------------------------------------------------------------------
+
+def stage1_objective(pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor,
+                     y_for_margin: torch.Tensor, margin: float, lam: float,
+                     regression: str | RegressionLoss = "mse", temperature: float = 0.07, *,
+                     base_temperature: float = 0.07) -> dict:
+    """Stage-1 loss of section 4.1, ``L = L_regression + lam * L_SupCon``.
+
+    ``regression`` is a name for ``regression_loss`` or a ready callable (e.g. a ``smape_r2`` bound
+    to the training label mean and SD). ``y_for_margin`` are the labels in the margin's units
+    (standardised, in our trainer). Returns ``{"loss", "regression", "supcon"}`` as tensors and
+    ``"n_anchors_with_positive"`` as an int (how many anchors the SupCon term averages over).
+    """
+    if not lam >= 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    reg_fn = regression_loss(regression) if isinstance(regression, str) else regression
+    reg = reg_fn(pred, target)
+    supcon = am_supcon_loss(z, y_for_margin, margin, temperature=temperature,
+                            base_temperature=base_temperature)
+    n_anchors = int(positive_mask(_labels(y_for_margin, z.shape[0]), margin).any(dim=1).sum())
+    return {"loss": reg + lam * supcon, "regression": reg, "supcon": supcon,
+            "n_anchors_with_positive": n_anchors}

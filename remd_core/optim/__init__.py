@@ -1,0 +1,28 @@
+"""Optimisation: the pure functions of SGM (section 4.2 of the Re-M3Dr paper) and every training
+strategy behind one interface (``Strategy.step(compute, optimizer, step, epoch)``)."""
+
+from .functions import combine_gradients, dot_and_norms, min_norm_2, modulation_gamma, per_tensor_norms, sharpness_score
+from .joint import Joint, JointConfig
+from .mmpareto import MMPareto, MMParetoConfig
+from .ogm_ge import OGMGE, OGMGEConfig
+from .sgm import SGM, SGMConfig
+from .strategy import Losses, NonFiniteError, Strategy
+
+STRATEGIES = {cls.name: cls for cls in (Joint, SGM, MMPareto, OGMGE)}
+
+
+def build_strategy(name: str, options: dict | None = None, **kwargs) -> Strategy:
+    """A strategy by name with validated options (unknown keys are an error)."""
+    from ..config import from_dict
+
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
+    cls = STRATEGIES[name]
+    return cls(from_dict(cls.Config, options or {}, context=f"strategy {name!r}"), **kwargs)
+
+
+__all__ = [
+    "Joint", "JointConfig", "Losses", "MMPareto", "MMParetoConfig", "NonFiniteError", "OGMGE", "OGMGEConfig", "SGM",
+    "SGMConfig", "STRATEGIES", "Strategy", "build_strategy", "combine_gradients", "dot_and_norms", "min_norm_2",
+    "modulation_gamma", "per_tensor_norms", "sharpness_score",
+]

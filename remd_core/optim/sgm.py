@@ -1,0 +1,137 @@
+"""Sharpness-aware Gradient Modulation (SGM), stage 2 of Re-M3Dr (seed 001, section 4.2).
+
+Per step:
+
+1. one forward pass; the gradients of the multimodal loss ``g_mm`` and of the summed unimodal
+   losses ``g_uni`` on the shared encoder parameters (two backward passes over that one graph);
+   the baseline gradient of Eq. 1 is their sum (no third pass); heads get their plain gradients;
+2. every ``probe_every`` steps, the sharpness score ``s_t`` (``sharpness_score``): the loss of
+   Eq. 1 on the same batch at ``theta +/- Delta`` with ``Delta = eps * g / ||g||``, without a graph
+   and without updating BatchNorm statistics; in between, the last gamma is reused;
+3. ``gamma_t = clip(gamma_base * s_t / median(window), gamma_min, gamma_max)`` over a window of
+   previous scores (``modulation_gamma``);
+4. ``combine_gradients``: cosine of ``g_mm`` and ``g_uni``, MinNorm weights if negative else
+   0.5/0.5, ``g_i = 2 a_mm g_mm_i + 2 a_uni g_uni_i``, each tensor rescaled to
+   ``gamma_t * ||g_base_i|| / (||g_i|| + eps)``.
+
+Where the paper is silent (our choices, all options):
+- ``gamma_base = 1.5`` (MMPareto's fixed gamma, which SGM makes adaptive), ``gamma_min = 0.5``,
+  ``gamma_max = 5`` (the range of gammas the paper's Fig. 6 studies is 0.5 to 10), ``window = 50``
+  steps, ``probe_eps = 0.05`` (SAM's default rho). The probe uses the full gradient of Eq. 1 over
+  all trainable parameters, the paper's ``grad_theta L(theta_t)``.
+- ``g_uni`` is the gradient of ``alpha * sum_k L_u^k``: with the paper's alpha = 1 (our default)
+  this is its ``sum_k g^(k)``.
+- ``cos_scope="global"`` takes one cosine over all shared parameters (the paper);
+  ``"per_encoder"`` solves one two-objective problem per encoder (as MMPareto does).
+- ``sharpness="paper"`` is ``L(theta+Delta) - L(theta-Delta)``, which to first order is
+  ``2 eps ||g||`` (a gradient-norm signal); ``"curvature"`` is ``L(+) + L(-) - 2 L(theta)``.
+
+Example, in your own loop::
+
+    strategy = SGM(SGMConfig(gamma_base=1.5)).bind(model)
+    for t, batch in enumerate(batches):
+        def compute():
+            out = model(batch_inputs)
+            return Losses(fused=mse(out["fused"], y),
+                          unimodal={m: mse(p, y) for m, p in out["unimodal"].items()})
+        logs = strategy.step(compute, optimizer, step=t)   # logs["gamma"], logs["sharpness"], ...
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from .functions import combine_gradients, modulation_gamma, sharpness_score
+from .objectives import objective_gradients
+from .strategy import Strategy, assign_grads, frozen_batchnorm_stats, shared_and_head_params
+
+
+@dataclass
+class SGMConfig:
+    unimodal_weight: float = 1.0
+    gamma_base: float = 1.5
+    gamma_min: float = 0.5
+    gamma_max: float = 5.0
+    window: int = 50
+    probe_eps: float = 0.05
+    sharpness: str = "paper"
+    probe_every: int = 1
+    cos_scope: str = "global"
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        if self.gamma_base <= 0 or self.gamma_min < 0 or self.gamma_min > self.gamma_max:
+            raise ValueError(f"need gamma_base > 0 and 0 <= gamma_min <= gamma_max; got {self.gamma_base}, "
+                             f"{self.gamma_min}, {self.gamma_max}")
+        if self.window < 1 or self.probe_every < 1:
+            raise ValueError(f"window and probe_every must be >= 1; got {self.window}, {self.probe_every}")
+        if self.probe_eps <= 0 or self.unimodal_weight < 0:
+            raise ValueError(f"need probe_eps > 0 and unimodal_weight >= 0; got {self.probe_eps}, {self.unimodal_weight}")
+        if self.sharpness not in ("paper", "curvature"):
+            raise ValueError(f"sharpness must be 'paper' or 'curvature', got {self.sharpness!r}")
+        if self.cos_scope not in ("global", "per_encoder"):
+            raise ValueError(f"cos_scope must be 'global' or 'per_encoder', got {self.cos_scope!r}")
+
+
+class SGM(Strategy):
+    name = "sgm"
+    Config = SGMConfig
+
+    def __init__(self, config=None, check_finite: bool = True):
+        super().__init__(config, check_finite)
+        self.scores: deque = deque(maxlen=self.config.window)
+        self.gamma = torch.tensor(self.config.gamma_base)
+        self.sharpness = torch.tensor(float("nan"))
+
+    def backward(self, compute, step, epoch):
+        cfg = self.config
+        shared, heads = shared_and_head_params(self.model)
+        losses = compute()
+        grads = objective_gradients(losses, shared, heads, cfg.unimodal_weight)
+        base = grads.shared_base
+        if step % cfg.probe_every == 0:
+            self._probe(compute, shared + heads, base + grads.heads, losses.total(cfg.unimodal_weight).detach())
+        combined, info = self._combine(grads.shared_mm, grads.shared_uni, base)
+        assign_grads(shared, combined)
+        assign_grads(heads, grads.heads)
+        return {**losses.logs(), "sharpness": self.sharpness, "gamma": self.gamma.detach().clone(), **info}
+
+    def _probe(self, compute, params, full_grad, loss_now):
+        cfg = self.config
+
+        def loss_at():
+            return compute().total(cfg.unimodal_weight)
+
+        with frozen_batchnorm_stats(self.model):
+            s_t = sharpness_score(loss_at, params, full_grad, cfg.probe_eps, mode=cfg.sharpness, loss_now=loss_now)
+        window = torch.stack(list(self.scores)) if self.scores else []
+        self.gamma = modulation_gamma(s_t, window, cfg.gamma_base, cfg.gamma_min, cfg.gamma_max)
+        self.sharpness = s_t.detach()
+        self.scores.append(self.sharpness)
+
+    def _combine(self, g_mm, g_uni, g_base):
+        cfg = self.config
+        if cfg.cos_scope == "global":
+            return combine_gradients(g_mm, g_uni, g_base, self.gamma, eps=cfg.eps)
+        out, infos, start = [], [], 0
+        for encoder in self.model.encoders.values():
+            n = len(list(encoder.parameters()))
+            part, info = combine_gradients(g_mm[start:start + n], g_uni[start:start + n], g_base[start:start + n],
+                                           self.gamma, eps=cfg.eps)
+            out += part
+            infos.append(info)
+            start += n
+        names = list(self.model.encoders)
+        return out, {f"{k}_{m}": v for m, info in zip(names, infos) for k, v in info.items()}
+
+    def state_dict(self):
+        return {**super().state_dict(), "scores": [s.cpu() for s in self.scores], "gamma": self.gamma.cpu(),
+                "sharpness": self.sharpness.cpu()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.scores = deque(state["scores"], maxlen=self.config.window)
+        self.gamma, self.sharpness = state["gamma"], state["sharpness"]

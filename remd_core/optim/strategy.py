@@ -1,0 +1,143 @@
+"""One interface for every optimisation strategy.
+
+A strategy turns the losses of one batch into gradients and takes one optimizer step. The
+trainer (or your own loop) gives it a *closure* that runs the forward pass on the current batch
+with the current parameters and returns a ``Losses``:
+
+    def compute():
+        out = model(inputs)
+        return Losses(fused=mse(out["fused"], y), unimodal={m: mse(p, y) for m, p in out["unimodal"].items()})
+
+    logs = strategy.step(compute, optimizer, step=t, epoch=e)
+
+Why a closure: a strategy may need the losses at other parameters (SGM's probe, and the two-pass
+SAM family a later issue adds, evaluate the loss at perturbed weights), and may need the losses
+split by objective (Pareto methods). Because a ``Losses`` carries the terms, new heads (evidential
+ones, for EyeMoSt) only change the closure, never the strategy.
+
+``Losses.extra`` holds terms that every strategy back-propagates plainly with the multimodal loss
+(the stage-1 contrastive loss, regularisers of a head).
+
+Logs are 0-dim tensors, never Python numbers, so a step never waits for the device; the trainer
+moves them to the host once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Losses:
+    fused: Tensor
+    unimodal: dict[str, Tensor] = field(default_factory=dict)
+    extra: Tensor | None = None
+    outputs: dict | None = None
+
+    def total(self, unimodal_weight: float) -> Tensor:
+        """Eq. 1 of the paper: ``L = L_m + sum_k alpha_k L_u^k`` (one alpha for all k), plus extra."""
+        total = self.fused + unimodal_weight * self.unimodal_sum() if self.unimodal else self.fused
+        return total + self.extra if self.extra is not None else total
+
+    def unimodal_sum(self) -> Tensor:
+        if not self.unimodal:
+            return torch.zeros((), device=self.fused.device)
+        return torch.stack(list(self.unimodal.values())).sum()
+
+    def logs(self) -> dict[str, Tensor]:
+        out = {"loss_fused": self.fused.detach()}
+        out.update({f"loss_{m}": v.detach() for m, v in self.unimodal.items()})
+        if self.extra is not None:
+            out["loss_extra"] = self.extra.detach()
+        return out
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient became NaN or infinite."""
+
+
+class Strategy:
+    """Base class: subclasses implement ``backward`` (set ``.grad`` of every parameter, return logs).
+
+    ``check_finite`` stops at the first non-finite loss or gradient, before the optimizer step, so
+    the model keeps its last finite weights (one host synchronisation per step; switch it off for
+    benchmarks).
+    """
+
+    name = "strategy"
+    Config: type = None
+
+    def __init__(self, config=None, check_finite: bool = True):
+        self.config = config if config is not None else self.Config()
+        self.check_finite = check_finite
+        self.model: nn.Module | None = None
+
+    def bind(self, model: nn.Module) -> "Strategy":
+        """Attach to a model exposing ``encoders`` (shared) and ``head_parameters()``."""
+        self.model = model
+        return self
+
+    def backward(self, compute: Callable[[], Losses], step: int, epoch: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def step(self, compute: Callable[[], Losses], optimizer: torch.optim.Optimizer, step: int = 0,
+             epoch: int = 0) -> dict[str, Tensor]:
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: call bind(model) before step()")
+        optimizer.zero_grad(set_to_none=True)
+        logs = self.backward(compute, step, epoch)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        logs["grad_norm"] = _global_norm(grads)
+        if self.check_finite:
+            bad = [k for k, v in logs.items() if not torch.isfinite(v).all()]
+            if bad:
+                raise NonFiniteError(f"{self.name}: non-finite {', '.join(bad)} at step {step}")
+        optimizer.step()
+        return logs
+
+    # state: hyperparameters plus whatever a subclass keeps between steps
+    def state_dict(self) -> dict:
+        return {"config": asdict(self.config)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.config = self.Config(**state["config"])
+
+
+def _global_norm(tensors) -> Tensor:
+    if not tensors:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, 2)))
+
+
+def shared_and_head_params(model) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    return list(model.encoder_parameters()), list(model.head_parameters())
+
+
+def assign_grads(params, grads) -> None:
+    """Write gradients (``None`` leaves a parameter without gradient: the optimizer skips it)."""
+    for p, g in zip(params, grads):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad + g
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(model: nn.Module):
+    """Keep BatchNorm in training mode (batch statistics) but stop it updating its running
+    statistics: extra forward passes (SGM's probe) must not count as training steps, as in SAM."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)

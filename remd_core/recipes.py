@@ -1,0 +1,129 @@
+"""Named experiment recipes matching the Re-M3Dr paper's tables.
+
+Table 1 (comparison): ``unimodal-<modality>`` (e.g. ``unimodal-fundus``, ``unimodal-oct``),
+``naive-fusion``, ``ogm-ge``, ``mmpareto``, ``re-m3dr`` (AM stage 1, then SGM).
+Table 2 (ablations): ``wo-am`` (fixed-margin stage 1, then SGM), ``am-only`` (AM stage 1, each
+unimodal model on its own), ``am-naive-fusion`` (AM stage 1, then naive fusion), ``am-mmpareto``
+(AM stage 1, then MMPareto).
+
+A recipe is at most two stages. Stage-1 encoders are trained once per (data set, seed, margin
+kind, training settings) and reused by every recipe that starts from them (kept under the run
+folder's ``stage1/``). ``run_recipe`` returns one result row per evaluated model, with test
+metrics overall and per region (many / medium / few MD bins of ``metrics.region_labels``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .data.format import MultimodalDataset
+from .trainer import FitResult, TrainConfig, fit, save_encoders
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    stage1: str | None = None          # None, "adaptive" or "fixed" margin
+    strategy: str | None = "joint"     # stage-2 strategy; None: report the stage-1 models
+    options: tuple = ()                # stage-2 strategy options as (key, value) pairs
+    modality: str | None = None        # a single-modality recipe
+
+
+FUSION_RECIPES = {
+    "naive-fusion": Recipe("naive-fusion", "concatenation fusion trained on the fused loss only (Table 1 Baseline fusion)",
+                           options=(("unimodal_weight", 0.0),)),
+    "ogm-ge": Recipe("ogm-ge", "OGM-GE adapted to regression (Table 1)", strategy="ogm_ge"),
+    "mmpareto": Recipe("mmpareto", "MMPareto, official-code semantics (Table 1)", strategy="mmpareto"),
+    "re-m3dr": Recipe("re-m3dr", "AM supervised contrastive stage 1, then SGM fusion (the method)", "adaptive", "sgm"),
+    "wo-am": Recipe("wo-am", "fixed-margin stage 1, then SGM (Table 2 w/o AM)", "fixed", "sgm"),
+    "am-only": Recipe("am-only", "AM stage 1 only: each unimodal model (Table 2 w/o SGM, OCT and FP rows)", "adaptive", None),
+    "am-naive-fusion": Recipe("am-naive-fusion", "AM stage 1, then naive fusion (Table 2 w/o SGM, fusion row)", "adaptive",
+                              options=(("unimodal_weight", 0.0),)),
+    "am-mmpareto": Recipe("am-mmpareto", "AM stage 1, then MMPareto (Table 2 AM w/ MP)", "adaptive", "mmpareto"),
+}
+PAPER_RECIPES = ("unimodal-fundus", "unimodal-oct", *FUSION_RECIPES)
+
+
+def recipe(name: str) -> Recipe:
+    if name.startswith("unimodal-"):
+        modality = name.removeprefix("unimodal-")
+        return Recipe(name, f"{modality} alone (Table 1 unimodal baseline)", modality=modality,
+                      options=(("unimodal_weight", 0.0),))
+    if name not in FUSION_RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: unimodal-<modality>, {', '.join(FUSION_RECIPES)}")
+    return FUSION_RECIPES[name]
+
+
+def recipes_for(dataset: MultimodalDataset, names: list[str] | None = None) -> list[str]:
+    """Recipe names for a data set: ``None`` gives every recipe, with one unimodal recipe per modality."""
+    if names:
+        return list(names)
+    return [f"unimodal-{m}" for m in dataset.spec.modality_names] + list(FUSION_RECIPES)
+
+
+def _stage1_key(dataset: MultimodalDataset, config: TrainConfig, kind: str) -> str:
+    settings = json.dumps({"data": asdict(dataset.config), "train": asdict(config), "kind": kind}, sort_keys=True,
+                          default=str)
+    return f"{kind}-seed{config.seed}-{hashlib.sha1(settings.encode()).hexdigest()[:10]}"
+
+
+def stage1(dataset: MultimodalDataset, base: TrainConfig, kind: str, folder: Path,
+           progress: bool = True) -> tuple[dict[str, str], list[dict]]:
+    """Train (or reuse) one contrastive encoder per modality; returns encoder paths and result rows."""
+    config = replace(base, strategy="joint", strategy_options={"unimodal_weight": 0.0}, contrastive=True,
+                     adaptive_margin=kind == "adaptive", init_encoders={})
+    out = Path(folder) / _stage1_key(dataset, config, kind)
+    paths, rows = {}, []
+    for modality in dataset.spec.modality_names:
+        done = out / f"{modality}.json"
+        if not done.exists():
+            result = fit(dataset, replace(config, modalities=(modality,)), progress=progress)
+            save_encoders(result.model, out)
+            _write_json(done, result_row(result, model=modality))
+        paths[modality] = str(out / f"{modality}.pt")
+        rows.append(json.loads(done.read_text()))
+    return paths, rows
+
+
+def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir: Path,
+               progress: bool = True) -> tuple[list[dict], FitResult | None]:
+    """Run recipe ``name`` with the training settings of ``base`` (epochs, seed, encoder, ...).
+    Returns the result rows and the last stage's ``FitResult`` (``None`` for ``am-only``)."""
+    r = recipe(name)
+    init = {}
+    if r.stage1:
+        init, stage1_rows = stage1(dataset, base, r.stage1, Path(workdir) / "stage1", progress)
+        if r.strategy is None:
+            return [{**row, "recipe": name} for row in stage1_rows], None
+    modalities = (r.modality,) if r.modality else None
+    config = replace(base, modalities=modalities, strategy=r.strategy, strategy_options=dict(r.options),
+                     init_encoders=init, contrastive=False)
+    result = fit(dataset, config, progress=progress)
+    model = r.modality or "fusion"
+    return [{**result_row(result, model=model), "recipe": name}], result
+
+
+def result_row(result: FitResult, model: str) -> dict:
+    """Test metrics overall and per region, plus what produced them."""
+    row = {"model": model, "seed": result.config.seed, "epochs": result.config.epochs, "best_epoch": result.best_epoch,
+           "seconds": round(result.seconds, 1)}
+    row.update({f"test_{k}": v for k, v in result.metrics["test"].items()})
+    row.update({f"val_{k}": v for k, v in result.metrics["val"].items() if k in ("r2", "mse", "mae")})
+    for region, values in result.regions.drop(index="all").iterrows():
+        for metric in ("n", "mse", "mae"):
+            row[f"{region}_{metric}"] = values[metric]
+    row["test_predictions"] = np.asarray(result.predictions["test"]).round(4).tolist()
+    return row
+
+
+def _write_json(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, default=float))
+    tmp.replace(path)
