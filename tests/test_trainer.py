@@ -5,7 +5,9 @@ import torch
 from remd_core import metrics
 from remd_core.data import load
 from remd_core.models import EncoderConfig
-from remd_core.trainer import TrainConfig, fit, predict
+import pandas as pd
+
+from remd_core.trainer import TrainConfig, TrainingError, fit, predict
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)
 TINY = EncoderConfig(width=0.125)
@@ -53,3 +55,45 @@ def test_fusion_trains_both_encoders_and_unimodal_weight_reaches_the_heads(datas
     # naive fusion never updates the unimodal heads: same seed, same initial heads
     assert all(torch.equal(untouched[k], fresh.model.heads.state_dict()[k]) for k in untouched)
     assert any(not torch.equal(untouched[k], joint.model.heads.state_dict()[k]) for k in untouched)
+
+
+def test_training_is_deterministic_on_cpu(dataset):
+    config = TrainConfig(epochs=1, batch_size=8, encoder=TINY, strategy="sgm")
+    a, b = fit(dataset, config, progress=False), fit(dataset, config, progress=False)
+    pd.testing.assert_frame_equal(a.history, b.history)
+    assert np.array_equal(a.predictions["test"], b.predictions["test"])
+
+
+def test_head_and_tail_subsets_train_on_their_samples_only():
+    from remd_core.metrics import head_tail_split
+    from remd_core.trainer import training_split
+
+    dataset = load("synthetic-stage2", n_eyes=500, image_size=8, oct_size=8, n_bscans=1, cache=False)
+    head, tail = head_tail_split(dataset.train.y.numpy())
+    assert len(training_split(dataset, "head")) == head.sum() > 0
+    assert len(training_split(dataset, "tail")) == tail.sum() > 0
+    assert len(training_split(dataset, "all")) == len(dataset.train)
+
+
+def test_non_finite_loss_names_the_step_and_the_samples():
+    data = load("randhie", n_rows=400)
+    data.train.modalities["plan"][5, 0] = float("nan")
+    bad_id = data.train.ids[5]
+    with pytest.raises(TrainingError, match=rf"step \d+.*{bad_id}"):
+        fit(data, TrainConfig(epochs=1, batch_size=400, augment=False), progress=False)
+
+
+def test_stage1_objective_adds_the_contrastive_term(dataset):
+    config = TrainConfig(modalities=("oct",), epochs=1, batch_size=8, encoder=TINY, contrastive=True,
+                         margin_m0=0.5, margin_warmup=2, margin_beta=0.1)
+    result = fit(dataset, config, progress=False)
+    assert (result.history["loss_extra"] > 0).any()
+    margins = result.history["margin"].tolist()
+    assert margins[:3] == [0.5, 0.5, 0.5] and margins[3] == pytest.approx(0.5 * np.exp(-0.1))
+
+
+@pytest.mark.parametrize("bad", [dict(subset="middle"), dict(optimizer="lion"), dict(margin_m0=-0.1), dict(epochs=0),
+                                 dict(temperature=0.0)])
+def test_bad_training_settings_are_value_errors(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)

@@ -96,3 +96,15 @@ class OGMGE(Strategy):
                         noise = torch.randn(p.grad.shape, generator=self.generator, device="cpu").to(p.grad.device)
                         p.grad.add_(noise * p.grad.std())
         return logs
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.generator is not None:
+            state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if "generator" in state:
+            self.generator = self.generator or torch.Generator()
+            self.generator.set_state(state["generator"])

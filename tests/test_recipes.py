@@ -1,0 +1,74 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from remd_core.compare import compare, summarize
+from remd_core.data import load
+from remd_core.models import EncoderConfig
+from remd_core.recipes import PAPER_RECIPES, recipe, recipes_for
+from remd_core.trainer import TrainConfig
+
+SMALL = dict(n_eyes=60, image_size=16, oct_size=16, n_bscans=2, test=15, val=10, cache=False)
+BASE = TrainConfig(epochs=1, batch_size=8, encoder=EncoderConfig(width=0.125))
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load("synthetic-stage2", **SMALL)
+
+
+@pytest.mark.slow
+def test_every_paper_recipe_runs_on_a_tiny_set_and_resumes(dataset, tmp_path):
+    results = compare(dataset, list(PAPER_RECIPES), [0], BASE, tmp_path, progress=False, log=lambda *_: None)
+    rows = results.set_index(["recipe", "model"])
+    assert set(rows.index) == {("unimodal-fundus", "fundus"), ("unimodal-oct", "oct"), ("am-only", "fundus"),
+                               ("am-only", "oct")} | {(r, "fusion") for r in PAPER_RECIPES[2:] if r != "am-only"}
+    assert results["test_n"].eq(15).all() and results[["many_n", "medium_n", "few_n"]].sum(axis=1).eq(15).all()
+    # stage 1 is trained once per margin kind and reused by the four recipes that start from it
+    stage1 = sorted(p.name for p in (tmp_path / "stage1").iterdir())
+    assert len(stage1) == 2 and stage1[0].startswith("adaptive") and stage1[1].startswith("fixed")
+    history = pd.read_csv(tmp_path / "cells" / "re-m3dr-seed0.history.csv")
+    assert {"gamma", "sharpness", "cos", "loss_fundus", "loss_oct"} <= set(history.columns)
+    again = compare(dataset, list(PAPER_RECIPES), [0], BASE, tmp_path, progress=False, log=lambda *_: None)
+    pd.testing.assert_frame_equal(again, results)
+
+
+@pytest.mark.slow
+def test_stage2_starts_from_the_stage1_encoders(dataset, tmp_path):
+    from remd_core.recipes import stage1
+
+    paths, rows = stage1(dataset, BASE, "adaptive", tmp_path, progress=False)
+    assert set(paths) == {"fundus", "oct"} and {r["model"] for r in rows} == {"fundus", "oct"}
+    from remd_core.models import MultimodalRegressor
+    from remd_core.trainer import load_encoders
+
+    model = MultimodalRegressor(dataset.spec, encoder=BASE.encoder)
+    load_encoders(model, paths)
+    saved = torch.load(paths["oct"], weights_only=True)
+    for k, v in model.encoders["oct"].state_dict().items():
+        assert torch.equal(v, saved[k])
+
+
+def test_summary_gives_mean_and_sd_over_seeds():
+    results = pd.DataFrame({"recipe": ["a", "a", "b"], "model": ["fusion"] * 3, "seed": [0, 1, 0],
+                            "test_r2": [0.2, 0.4, 0.5], "test_mse": [3.0, 1.0, 2.0]})
+    table = summarize(results)
+    assert table.loc[("a", "fusion"), "test_r2_mean"] == pytest.approx(0.3)
+    assert table.loc[("a", "fusion"), "test_r2_std"] == pytest.approx(0.1414213, rel=1e-5)
+    assert table.loc[("a", "fusion"), "seeds"] == 2
+
+
+def test_recipe_names():
+    assert recipe("unimodal-plan").modality == "plan"
+    assert recipe("re-m3dr").stage1 == "adaptive" and recipe("re-m3dr").strategy == "sgm"
+    assert recipe("wo-am").stage1 == "fixed"
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe("sam")
+
+
+def test_default_recipes_follow_the_data_set_modalities():
+    randhie = load("randhie", n_rows=500)
+    names = recipes_for(randhie)
+    assert names[:2] == ["unimodal-plan", "unimodal-health"] and "re-m3dr" in names
