@@ -286,3 +286,33 @@ def test_batchnorm_state_unchanged_after_slice_2d_and_hessian():
     assert_state_identical(model, before)
     assert all(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_gamma_sharpness_trace_keeps_one_row_per_probe_and_correlates():
+    import pandas as pd
+
+    from remd_core.diagnosis import gamma_sharpness_trace
+
+    history = pd.DataFrame({"step": range(6), "sharpness": [1.0, 1.0, 2.0, 2.0, 3.0, 3.0],
+                            "gamma": [1.0, 1.0, 1.5, 1.5, 2.0, 2.0]})
+    trace, summary = gamma_sharpness_trace(history)
+    assert trace["step"].tolist() == [0, 2, 4]
+    assert summary["n_probes"] == 3 and summary["pearson_r"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="SGM"):
+        gamma_sharpness_trace(history.drop(columns="gamma"))
+
+
+def test_fixed_batch_loss_is_the_fused_mse_on_standardised_labels():
+    from remd_core.data import load
+    from remd_core.diagnosis import fixed_batch_loss
+    from remd_core.models import EncoderConfig, MultimodalRegressor
+
+    data = load("randhie", n_rows=300)
+    model = MultimodalRegressor(data.spec, encoder=EncoderConfig(mlp_hidden=8)).eval()
+    loss_fn = fixed_batch_loss(model, data.val, label_mean=2.0, label_std=3.0, size=10, seed=1)
+    index = torch.randperm(len(data.val), generator=torch.Generator().manual_seed(1))[:10]
+    batch = data.val.batch(index)
+    with torch.no_grad():
+        pred = model({m: batch[m] for m in model.modalities})["fused"]
+        expected = torch.mean((pred - (batch["y"] - 2.0) / 3.0) ** 2)
+        assert loss_fn(model).item() == pytest.approx(expected.item(), rel=1e-6)

@@ -74,3 +74,21 @@ def test_single_modality_model_is_the_same_class():
     assert model.fusion_head.in_features == model.encoders["oct"].out_features
     with pytest.raises(KeyError, match="no modality"):
         MultimodalRegressor(SPEC, modalities=("slo",))
+
+
+@pytest.mark.parametrize("kind", ["shared2d", "channels", "3d"])
+def test_every_oct_encoder_maps_a_volume_to_features(kind):
+    from remd_core.models.encoders import StackedBscanEncoder, VolumeEncoder
+
+    model = MultimodalRegressor(SPEC, modalities=("oct",), encoder=EncoderConfig(width=0.125, oct_encoder=kind))
+    expected = {"shared2d": SharedBscanEncoder, "channels": StackedBscanEncoder, "3d": VolumeEncoder}[kind]
+    assert isinstance(model.encoders["oct"], expected)
+    out = model({"oct": torch.randn(2, 4, 32, 32)})
+    assert out["features"]["oct"].shape == (2, model.encoders["oct"].out_features)
+    if kind == "channels":
+        assert model.encoders["oct"].backbone.stem[0].in_channels == 4
+
+
+def test_unknown_oct_encoder_is_rejected():
+    with pytest.raises(ValueError, match="oct_encoder"):
+        EncoderConfig(oct_encoder="4d")

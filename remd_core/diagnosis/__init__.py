@@ -6,15 +6,21 @@
   summary, for pictures of sharp minima such as Fig. 2e.
 - ``hessian``: the top Hessian eigenvalue by power iteration, a curvature scalar to set beside SGM's
   sharpness score and gamma (Fig. 5).
+- ``sgm_trace``: the gamma and sharpness trace of an SGM run and their correlation (Fig. 5).
+- ``closures``: the loss on a fixed evaluation batch that the slices and the Hessian evaluate.
 """
 
+from .closures import fixed_batch_loss
 from .hessian import top_hessian_eigenvalue
 from .landscape import (perturbation_guard, random_direction, resolve_params, sharpness_from_slice, slice_1d,
                         slice_2d)
 from .oscillation import DEFAULT_WINDOW, gradient_conflict, oscillation_index, oscillation_table
+from .sgm_trace import gamma_sharpness_trace
 
 __all__ = [
     "DEFAULT_WINDOW",
+    "fixed_batch_loss",
+    "gamma_sharpness_trace",
     "gradient_conflict",
     "oscillation_index",
     "oscillation_table",

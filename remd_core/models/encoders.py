@@ -1,4 +1,10 @@
-"""One encoder per modality kind, each mapping a batch to ``[B, out_features]``."""
+"""One encoder per modality kind, each mapping a batch to ``[B, out_features]``.
+
+OCT volumes ``[B, S, H, W]`` have three encoders (``EncoderConfig.oct_encoder``):
+``shared2d`` (default) applies one 2-D ResNet to every B-scan and pools over B-scans;
+``channels`` stacks the S B-scans as input channels of one 2-D ResNet, as the STAGE challenge's
+second-place code did (256 channels there); ``3d`` is a small 3-D ResNet over the volume.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,9 @@ from torch import nn
 
 from ..data.format import ModalitySpec
 from .resnet import ResNet2d
+from .resnet3d import ResNet3d
+
+OCT_ENCODERS = ("shared2d", "channels", "3d")
 
 
 @dataclass
@@ -18,8 +27,13 @@ class EncoderConfig:
     arch: str = "resnet18"
     width: float = 0.25
     stem: str = "imagenet"
+    oct_encoder: str = "shared2d"
     bscan_pool: str = "mean"
     mlp_hidden: int = 64
+
+    def __post_init__(self):
+        if self.oct_encoder not in OCT_ENCODERS:
+            raise ValueError(f"oct_encoder must be one of {OCT_ENCODERS}, got {self.oct_encoder!r}")
 
 
 class ImageEncoder(nn.Module):
@@ -53,6 +67,30 @@ class SharedBscanEncoder(nn.Module):
         return per_scan.mean(1) if self.pool == "mean" else per_scan.amax(1)
 
 
+class StackedBscanEncoder(nn.Module):
+    """B-scans as the input channels of one 2-D ResNet: ``[B, S, H, W]`` is an S-channel image."""
+
+    def __init__(self, n_bscans: int, config: EncoderConfig):
+        super().__init__()
+        self.backbone = ResNet2d(config.arch, n_bscans, config.width, config.stem)
+        self.out_features = self.backbone.out_features
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
+class VolumeEncoder(nn.Module):
+    """A 3-D ResNet over the B-scan stack ``[B, S, H, W]`` seen as a one-channel volume."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.backbone = ResNet3d(1, config.width)
+        self.out_features = self.backbone.out_features
+
+    def forward(self, x):
+        return self.backbone(x.unsqueeze(1))
+
+
 class VectorEncoder(nn.Module):
     """A two-layer MLP for tabular modalities (such as the ``randhie`` feature groups)."""
 
@@ -70,6 +108,10 @@ def build_encoder(spec: ModalitySpec, config: EncoderConfig) -> nn.Module:
     if spec.kind == "image":
         return ImageEncoder(spec.shape[0], config)
     if spec.kind == "volume":
+        if config.oct_encoder == "channels":
+            return StackedBscanEncoder(spec.shape[0], config)
+        if config.oct_encoder == "3d":
+            return VolumeEncoder(config)
         return SharedBscanEncoder(config)
     if spec.kind == "vector":
         return VectorEncoder(spec.shape[0], config)

@@ -134,7 +134,7 @@ def _check_clip(clip: tuple[float, float]) -> tuple[float, float]:
     return lo, hi
 
 
-def _min_norm_weight(numer: Tensor, denom: Tensor, clip: tuple[float, float]) -> Tensor:
+def min_norm_weight(numer: Tensor, denom: Tensor, clip: tuple[float, float]) -> Tensor:
     """Weight of g1: ``numer / denom`` clipped; 0.5 (clipped) where ``denom <= 0`` (g1 == g2)."""
     lo, hi = clip
     ok = denom > 0
@@ -169,7 +169,7 @@ def min_norm_2(g1: Tensor, g2: Tensor, clip: tuple[float, float] = (0.0, 1.0)) -
     diff = v2 - v1
     numer = torch.dot(v2, diff)
     denom = torch.dot(diff, diff)  # ||g1 - g2||^2 computed directly: no cancellation when g1 ~ g2
-    a1 = _min_norm_weight(numer, denom, (lo, hi))
+    a1 = min_norm_weight(numer, denom, (lo, hi))
     return a1, 1.0 - a1
 
 
@@ -412,7 +412,7 @@ def combine_gradients(
         # MinNorm from the three dot products: ||mm - uni||^2 = v11 + v22 - 2 v12. In the branch
         # where it is used (cos < 0, so v12 < 0) there is no cancellation.
         v11, v22 = norm_mm.square(), norm_uni.square()
-        a_min = _min_norm_weight(v22 - dot, v11 + v22 - 2.0 * dot, clip)
+        a_min = min_norm_weight(v22 - dot, v11 + v22 - 2.0 * dot, clip)
         a_mm = torch.where(cos < 0, a_min, torch.full_like(a_min, 0.5))
         a_uni = 1.0 - a_mm
 

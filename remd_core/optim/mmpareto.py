@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .functions import _min_norm_weight, dot_and_norms
+from .functions import min_norm_weight, dot_and_norms
 from .objectives import objective_gradients
 from .strategy import Strategy, assign_grads, shared_and_head_params
 
@@ -75,7 +75,7 @@ class MMPareto(Strategy):
         with torch.no_grad():
             dot, norm_m, norm_k = dot_and_norms(gm, gk)
             cos = dot / (norm_m * norm_k).clamp_min(1e-30)
-            a_min = _min_norm_weight(norm_k.square() - dot, norm_m.square() + norm_k.square() - 2 * dot,
+            a_min = min_norm_weight(norm_k.square() - dot, norm_m.square() + norm_k.square() - 2 * dot,
                                      (cfg.clip_low, cfg.clip_high))
             a_m = torch.where(cos > 0, torch.full_like(a_min, 0.5), a_min)
             new = torch._foreach_mul(gm, 2 * a_m)
