@@ -4,11 +4,18 @@
   ``lambda * L_SupCon`` with the adaptive margin ``m(t)`` (``adaptive_margin=False`` keeps ``m0``:
   the "w/o AM" ablation) to the regression loss. Labels are standardised with the training
   split's mean and SD before the loss and before the margin test, so ``margin_m0 = 0.4`` means
-  0.4 SD of training MD (the paper does not say which units it uses). ``save_encoders`` keeps the
-  encoders for stage 2.
+  0.4 SD of training MD (the paper does not say which units it uses). ``m0 = 0.4`` and
+  ``beta = 0.0005`` per iteration are the paper's; ``t_n`` (``margin_warmup``, 100 iterations, about
+  4 epochs of 425 eyes at batch 16) and ``lambda`` (``supcon_weight``, 1.0) are not reported and
+  are our choices. ``save_encoders`` keeps the encoders for stage 2.
 - Stage 2 (section 4.2): any strategy of ``remd_core.optim`` (``joint`` for naive fusion and
   plain joint training, ``sgm``, ``mmpareto``, ``ogm_ge``), from scratch or from stage-1 encoders
   (``init_encoders``).
+
+The regression loss is MSE by default; the paper's SMAPE + R^2 combination is
+``regression_loss="smape_r2"`` (SMAPE is unstable for MD near 0 dB, which is why it is not the
+default here). The paper uses Adam, batch 8 and ResNet34; the CPU defaults are AdamW (weight decay
+1e-4), batch 16, cosine learning-rate decay and a ResNet18 of width 0.25.
 
 Everything else is shared: seeded and deterministic on CPU, bf16 autocast on CUDA, a progress
 bar, validation every epoch, best-epoch selection on validation R^2, a per-step history (every
