@@ -94,8 +94,10 @@ class Strategy:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         logs["grad_norm"] = _global_norm(grads)
         if self.check_finite:
-            bad = [k for k, v in logs.items() if not torch.isfinite(v).all()]
-            if bad:
+            device = logs["grad_norm"].device
+            values = torch.stack([v.detach().float().reshape(()).to(device) for v in logs.values()])
+            if not torch.isfinite(values).all():  # the step's one host synchronisation
+                bad = [k for k, ok in zip(logs, torch.isfinite(values).tolist()) if not ok]
                 raise NonFiniteError(f"{self.name}: non-finite {', '.join(bad)} at step {step}")
         optimizer.step()
         return logs
