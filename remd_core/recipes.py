@@ -5,6 +5,9 @@ Table 1 (comparison): ``unimodal-<modality>`` (e.g. ``unimodal-fundus``, ``unimo
 Table 2 (ablations): ``wo-am`` (fixed-margin stage 1, then SGM), ``am-only`` (AM stage 1, each
 unimodal model on its own), ``am-naive-fusion`` (AM stage 1, then naive fusion), ``am-mmpareto``
 (AM stage 1, then MMPareto).
+Control (not in the paper): ``pretrained-naive-fusion``, stage 1 with the same epochs but no
+contrastive term, then naive fusion. Two-stage recipes train for twice the epochs of one-stage
+ones; this control separates the effect of the contrastive objective from that of pretraining.
 
 A recipe is at most two stages. Stage-1 encoders are trained once per (data set, seed, margin
 kind, training settings) and reused by every recipe that starts from them (kept under the run
@@ -29,7 +32,7 @@ from .trainer import FitResult, TrainConfig, fit, save_encoders
 class Recipe:
     name: str
     description: str
-    stage1: str | None = None          # None, "adaptive" or "fixed" margin
+    stage1: str | None = None          # None, "adaptive" or "fixed" margin, or "plain" (no contrastive term)
     strategy: str | None = "joint"     # stage-2 strategy; None: report the stage-1 models
     options: tuple = ()                # stage-2 strategy options as (key, value) pairs
     modality: str | None = None        # a single-modality recipe
@@ -46,8 +49,12 @@ FUSION_RECIPES = {
     "am-naive-fusion": Recipe("am-naive-fusion", "AM stage 1, then naive fusion (Table 2 w/o SGM, fusion row)", "adaptive",
                               options=(("unimodal_weight", 0.0),)),
     "am-mmpareto": Recipe("am-mmpareto", "AM stage 1, then MMPareto (Table 2 AM w/ MP)", "adaptive", "mmpareto"),
+    "pretrained-naive-fusion": Recipe("pretrained-naive-fusion", "control, not in the paper: stage 1 without the "
+                                      "contrastive term (plain unimodal pretraining), then naive fusion", "plain",
+                                      options=(("unimodal_weight", 0.0),)),
 }
-PAPER_RECIPES = ("unimodal-fundus", "unimodal-oct", *FUSION_RECIPES)
+CONTROL_RECIPES = ("pretrained-naive-fusion",)
+PAPER_RECIPES = ("unimodal-fundus", "unimodal-oct", *(r for r in FUSION_RECIPES if r not in CONTROL_RECIPES))
 
 
 def recipe(name: str) -> Recipe:
@@ -75,8 +82,9 @@ def _stage1_key(dataset: MultimodalDataset, config: TrainConfig, kind: str) -> s
 
 def stage1(dataset: MultimodalDataset, base: TrainConfig, kind: str, folder: Path,
            progress: bool = True) -> tuple[dict[str, str], list[dict]]:
-    """Train (or reuse) one contrastive encoder per modality; returns encoder paths and result rows."""
-    config = replace(base, strategy="joint", strategy_options={"unimodal_weight": 0.0}, contrastive=True,
+    """Train (or reuse) one encoder per modality (contrastive unless ``kind == "plain"``); returns
+    encoder paths and result rows."""
+    config = replace(base, strategy="joint", strategy_options={"unimodal_weight": 0.0}, contrastive=kind != "plain",
                      adaptive_margin=kind == "adaptive", init_encoders={})
     out = Path(folder) / _stage1_key(dataset, config, kind)
     paths, rows = {}, []

@@ -64,6 +64,7 @@ def test_recipe_names():
     assert recipe("unimodal-plan").modality == "plan"
     assert recipe("re-m3dr").stage1 == "adaptive" and recipe("re-m3dr").strategy == "sgm"
     assert recipe("wo-am").stage1 == "fixed"
+    assert recipe("pretrained-naive-fusion").stage1 == "plain" and "pretrained-naive-fusion" not in PAPER_RECIPES
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe("sam")
 
