@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .data.format import MultimodalDataset
-from .recipes import _write_json, recipes_for, run_recipe
+from .recipes import write_json, recipes_for, run_recipe
 from .trainer import TrainConfig
 
 SUMMARY_METRICS = ("test_r2", "test_mse", "test_mae", "test_stage_score", "many_mse", "medium_mse", "few_mse",
@@ -41,7 +41,7 @@ def compare(dataset: MultimodalDataset, recipes: list[str] | None, seeds: list[i
             path.parent.mkdir(parents=True, exist_ok=True)
             if result is not None:
                 result.history.to_csv(path.with_suffix(".history.csv"), index=False)
-            _write_json(path, rows)
+            write_json(path, rows)
             for row in rows:
                 log(f"{name} [{row['model']}] seed {seed}: test R2 {row['test_r2']:.3f}  MSE {row['test_mse']:.2f}  "
                     f"MAE {row['test_mae']:.2f}  ({row['seconds']:.0f} s)")

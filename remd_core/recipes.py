@@ -93,7 +93,7 @@ def stage1(dataset: MultimodalDataset, base: TrainConfig, kind: str, folder: Pat
         if not done.exists():
             result = fit(dataset, replace(config, modalities=(modality,)), progress=progress)
             save_encoders(result.model, out)
-            _write_json(done, result_row(result, model=modality))
+            write_json(done, result_row(result, model=modality))
         paths[modality] = str(out / f"{modality}.pt")
         rows.append(json.loads(done.read_text()))
     return paths, rows
@@ -130,7 +130,7 @@ def result_row(result: FitResult, model: str) -> dict:
     return row
 
 
-def _write_json(path: Path, payload) -> None:
+def write_json(path: Path, payload) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, default=float))

@@ -27,7 +27,7 @@ import torch
 
 from .functions import min_norm_weight, dot_and_norms
 from .objectives import objective_gradients
-from .strategy import Strategy, assign_grads, shared_and_head_params
+from .strategy import Strategy, assign_grads, encoder_slices, shared_and_head_params
 
 
 @dataclass
@@ -53,13 +53,11 @@ class MMPareto(Strategy):
         shared, heads = shared_and_head_params(self.model)
         losses = compute()
         grads = objective_gradients(losses, shared, heads, cfg.unimodal_weight)
-        logs, out, start = losses.logs(), [], 0
-        for name, encoder in self.model.encoders.items():
-            n = len(list(encoder.parameters()))
-            part, info = self._encoder_step(grads.shared_mm[start:start + n], grads.shared_uni[start:start + n])
-            out += part
+        logs, out = losses.logs(), []
+        for name, part in encoder_slices(self.model):
+            update, info = self._encoder_step(grads.shared_mm[part], grads.shared_uni[part])
+            out += update
             logs.update({f"{k}_{name}": v for k, v in info.items()})
-            start += n
         assign_grads(shared, out)
         assign_grads(heads, grads.heads)
         return logs

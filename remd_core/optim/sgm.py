@@ -46,7 +46,7 @@ import torch
 
 from .functions import combine_gradients, modulation_gamma, sharpness_score
 from .objectives import objective_gradients
-from .strategy import Strategy, assign_grads, frozen_batchnorm_stats, shared_and_head_params
+from .strategy import Strategy, assign_grads, encoder_slices, frozen_batchnorm_stats, shared_and_head_params
 
 
 @dataclass
@@ -116,16 +116,12 @@ class SGM(Strategy):
         cfg = self.config
         if cfg.cos_scope == "global":
             return combine_gradients(g_mm, g_uni, g_base, self.gamma, eps=cfg.eps)
-        out, infos, start = [], [], 0
-        for encoder in self.model.encoders.values():
-            n = len(list(encoder.parameters()))
-            part, info = combine_gradients(g_mm[start:start + n], g_uni[start:start + n], g_base[start:start + n],
-                                           self.gamma, eps=cfg.eps)
-            out += part
-            infos.append(info)
-            start += n
-        names = list(self.model.encoders)
-        return out, {f"{k}_{m}": v for m, info in zip(names, infos) for k, v in info.items()}
+        out, logs = [], {}
+        for name, part in encoder_slices(self.model):
+            grads, info = combine_gradients(g_mm[part], g_uni[part], g_base[part], self.gamma, eps=cfg.eps)
+            out += grads
+            logs.update({f"{k}_{name}": v for k, v in info.items()})
+        return out, logs
 
     def state_dict(self):
         return {**super().state_dict(), "scores": [s.cpu() for s in self.scores], "gamma": self.gamma.cpu(),

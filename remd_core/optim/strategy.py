@@ -120,6 +120,16 @@ def shared_and_head_params(model) -> tuple[list[nn.Parameter], list[nn.Parameter
     return list(model.encoder_parameters()), list(model.head_parameters())
 
 
+def encoder_slices(model) -> list[tuple[str, slice]]:
+    """Each encoder's name and the slice of ``model.encoder_parameters()`` its parameters occupy."""
+    out, start = [], 0
+    for name, encoder in model.encoders.items():
+        n = sum(1 for _ in encoder.parameters())
+        out.append((name, slice(start, start + n)))
+        start += n
+    return out
+
+
 def assign_grads(params, grads) -> None:
     """Write gradients (``None`` leaves a parameter without gradient: the optimizer skips it)."""
     for p, g in zip(params, grads):
