@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip warns about every registry mirror folder that lacks a package; keep the log readable
 PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: install run test bench-data clean-cache
+.PHONY: install run test lab bench-data clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,9 @@ run: install
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadscope --durations=10
+
+lab: install
+	$(PY) -m jupyter lab --notebook-dir=notebooks
 
 bench-data: install
 	$(PY) benchmarks/generate_default.py

@@ -73,6 +73,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .notebook_runner import run_notebooks
+
+    names = args.notebooks.split(",") if args.notebooks else None
+    folder = run_notebooks(args.profile, args.run, names, parse_assignments(args.set))
+    print(f"executed notebooks, figures and results: {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remd", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--run", default=None, help="run folder name under outputs/ (reuse it to resume)")
         b.add_argument("--quiet", action="store_true", help="no progress bars")
         b.set_defaults(func=cmd_compare)
+    r = sub.add_parser("run", help="execute the ordered notebooks headlessly with papermill")
+    r.add_argument("--profile", default="cpu", help="smoke (CI), cpu (this machine) or gpu (the paper's scale)")
+    r.add_argument("--notebooks", default=None, help="comma-separated names or numbers (default: all, in order)")
+    r.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="notebook parameter overrides")
+    r.add_argument("--run", default=None, help="run folder name under outputs/")
+    r.set_defaults(func=cmd_run)
     return parser
 
 

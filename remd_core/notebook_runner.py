@@ -1,0 +1,85 @@
+"""Headless execution of the ordered notebooks with papermill (``remd run``).
+
+Each notebook declares its parameters in one cell tagged ``parameters`` (flat UPPER_CASE
+literals). A profile (``smoke`` for CI, ``cpu`` for this machine, ``gpu`` for the paper's scale)
+sets the parameters a notebook declares; overrides must name declared parameters: an unknown name
+is an error here, where papermill would only warn. Executed notebooks go to ``outputs/<run>/``
+with the run's provenance.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from datetime import datetime
+from pathlib import Path
+
+from .config import ConfigError
+from .paths import REPO_ROOT, outputs_dir
+from .provenance import write as write_provenance
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+PROFILES = {
+    "smoke": {"N_EYES": 80, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 1, "SEEDS": [0], "WIDTH": 0.125,
+              "ARCH": "resnet18"},
+    "cpu": {"N_EYES": 700, "IMAGE_SIZE": 64, "N_BSCANS": 8, "EPOCHS": 30, "SEEDS": [0], "WIDTH": 0.25,
+            "ARCH": "resnet18"},
+    "gpu": {"N_EYES": 700, "IMAGE_SIZE": 224, "N_BSCANS": 32, "EPOCHS": 100, "SEEDS": [0, 1, 2], "WIDTH": 1.0,
+            "ARCH": "resnet34"},
+}
+
+
+def ordered_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Notebooks named ``NN_name.ipynb``, in order."""
+    return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_parameters(path: Path) -> dict:
+    """The literal assignments of the cell tagged ``parameters``."""
+    notebook = json.loads(Path(path).read_text())
+    cells = [c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ConfigError(f"{path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    source = "".join(cells[0]["source"])
+    values = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            values[node.targets[0].id] = ast.literal_eval(node.value)
+    return values
+
+
+def resolve_parameters(path: Path, profile: str, overrides: dict, run_dir: Path) -> dict:
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+    declared = notebook_parameters(path)
+    unknown = sorted(set(overrides) - set(declared))
+    if unknown:
+        raise ConfigError(f"{path.name}: unknown parameter(s) {unknown}; it declares {sorted(declared)}")
+    params = {k: v for k, v in PROFILES[profile].items() if k in declared}
+    params.update(overrides)
+    for key, value in (("PROFILE", profile), ("RUN_DIR", str(run_dir))):
+        if key in declared:
+            params[key] = value
+    return params
+
+
+def run_notebooks(profile: str = "cpu", run: str | None = None, names: list[str] | None = None,
+                  overrides: dict | None = None) -> Path:
+    import papermill
+
+    notebooks = ordered_notebooks()
+    if names:
+        chosen = [p for p in notebooks if p.stem in names or p.stem.split("_", 1)[0] in names]
+        missing = sorted(set(names) - {p.stem for p in chosen} - {p.stem.split("_", 1)[0] for p in chosen})
+        if missing:
+            raise ConfigError(f"no notebook named {missing}; there are {[p.stem for p in notebooks]}")
+        notebooks = chosen
+    folder = outputs_dir() / (run or f"notebooks-{profile}-{datetime.now():%Y%m%d-%H%M%S}")
+    folder.mkdir(parents=True, exist_ok=True)
+    plans = {p: resolve_parameters(p, profile, overrides or {}, folder) for p in notebooks}  # fail before running
+    write_provenance(folder, {"profile": profile, "notebooks": [p.name for p in notebooks], "overrides": overrides})
+    for path, params in plans.items():
+        papermill.execute_notebook(str(path), str(folder / path.name), parameters=params, kernel_name="python3",
+                                   cwd=str(path.parent), progress_bar=False)
+    return folder

@@ -1,0 +1,59 @@
+import json
+
+import nbformat
+import pytest
+
+from remd_core.config import ConfigError
+from remd_core.notebook_runner import NOTEBOOK_DIR, PROFILES, notebook_parameters, ordered_notebooks, resolve_parameters, run_notebooks
+
+
+def test_every_notebook_follows_the_template():
+    notebooks = ordered_notebooks()
+    assert notebooks and notebooks[0].name == "00_data.ipynb"
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata["kernelspec"]["name"] == "python3"
+        params = notebook_parameters(path)
+        assert all(k.isupper() for k in params) and {"PROFILE", "RUN_DIR"} <= set(params)
+        assert "record_results(" in nb.cells[-2].source, f"{path.name}: the results cell must come before references"
+        assert any("NBVAL_CHECK_OUTPUT" in c.source for c in nb.cells if c.cell_type == "code")
+
+
+def test_unknown_parameter_is_an_error_not_a_warning(tmp_path):
+    with pytest.raises(ConfigError, match="N_EYE"):
+        resolve_parameters(NOTEBOOK_DIR / "00_data.ipynb", "smoke", {"N_EYE": 10}, tmp_path)
+    with pytest.raises(ConfigError, match="profile"):
+        resolve_parameters(NOTEBOOK_DIR / "00_data.ipynb", "laptop", {}, tmp_path)
+
+
+def test_profile_values_reach_the_declared_parameters(tmp_path):
+    params = resolve_parameters(NOTEBOOK_DIR / "00_data.ipynb", "smoke", {"SEED": 3}, tmp_path)
+    assert params["N_EYES"] == PROFILES["smoke"]["N_EYES"] and params["SEED"] == 3
+    assert params["PROFILE"] == "smoke" and params["RUN_DIR"] == str(tmp_path)
+    assert "EPOCHS" not in params  # 00_data does not declare it
+
+
+@pytest.mark.slow
+def test_data_notebook_executes_headlessly_and_records_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path))
+    folder = run_notebooks("smoke", run="nb", names=["00"])
+    executed = nbformat.read(folder / "00_data.ipynb", as_version=4)
+    assert executed.metadata["papermill"]["parameters"]["N_EYES"] == PROFILES["smoke"]["N_EYES"]
+    results = json.loads((folder / "results" / "00_data.json").read_text())
+    assert results["n_train"] + results["n_val"] + results["n_test"] == PROFILES["smoke"]["N_EYES"]
+    assert (folder / "figures" / "00_md_distribution.html").stat().st_size > 100_000  # plotly.js embedded
+    assert (folder / "figures" / "00_example_eyes.png").exists()
+    assert (folder / "provenance.json").exists()
+
+
+def test_run_command_rejects_unknown_notebooks_and_parameters(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"REMD_OUTPUTS": str(tmp_path), "PATH": ""}
+    out = subprocess.run([sys.executable, "-m", "remd_core", "run", "--notebooks", "07", "--profile", "smoke"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and "no notebook named ['07']" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "remd_core", "run", "--notebooks", "00", "--set", "EPOCH=3"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and "EPOCH" in out.stderr
