@@ -11,7 +11,6 @@ import sys
 import time
 from dataclasses import asdict
 from datetime import datetime
-from pathlib import Path
 
 import yaml
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from .data.format import MultimodalDataset
-from .recipes import write_json, recipes_for, run_recipe
+from .paths import write_json
+from .recipes import recipes_for, run_recipe
 from .trainer import TrainConfig
 
 SUMMARY_METRICS = ("test_r2", "test_mse", "test_mae", "test_stage_score", "many_mse", "medium_mse", "few_mse",

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.format import MultimodalDataset
+from .paths import write_json
 from .trainer import FitResult, TrainConfig, fit, save_encoders
 
 
@@ -128,10 +129,3 @@ def result_row(result: FitResult, model: str) -> dict:
             row[f"{region}_{metric}"] = values[metric]
     row["test_predictions"] = np.asarray(result.predictions["test"]).round(4).tolist()
     return row
-
-
-def write_json(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, default=float))
-    tmp.replace(path)

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from .paths import outputs_dir
+from .paths import outputs_dir, write_json
 
 
 def record_results(notebook: str, values: dict, run_dir: str | Path = "") -> pd.Series:
     """Write ``values`` to ``<run_dir>/results/<notebook>.json`` (``outputs/interactive`` when the
     notebook runs outside ``remd run``) and return them as a Series for display."""
     folder = Path(run_dir) if run_dir else outputs_dir() / "interactive"
-    path = folder / "results" / f"{notebook}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(values, indent=2, default=float))
-    tmp.replace(path)
+    write_json(folder / "results" / f"{notebook}.json", values, indent=2)
     return pd.Series(values, name=notebook)
 
 
