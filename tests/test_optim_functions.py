@@ -338,6 +338,20 @@ def test_sharpness_curvature_score_is_dT_A_d_on_a_quadratic():
     assert float(s2) == pytest.approx(float(s), rel=1e-12)
 
 
+def test_sharpness_both_scores_come_from_the_same_two_evaluations():
+    a, b, x, loss_at, calls = _quadratic()
+    g = (a @ x + b).detach()
+    eps = 0.05
+    d = eps * g / g.norm()
+    with torch.no_grad():
+        l0 = loss_at()
+    scores = sharpness_score(loss_at, [x], [g], eps, loss_now=l0, both=True)
+    assert calls["n"] == 1 + 2
+    assert float(scores["paper"]) == pytest.approx(2 * eps * float(g.norm()), rel=1e-10)
+    assert float(scores["curvature"]) == pytest.approx(float(d @ a @ d), rel=1e-8)
+    assert set(sharpness_score(loss_at, [x], [g], eps, both=True)) == {"paper"}  # no L(theta): no curvature
+
+
 def test_sharpness_uses_one_global_norm_over_all_tensors():
     gen = torch.Generator().manual_seed(3)
     x1 = torch.nn.Parameter(torch.randn(3, generator=gen, dtype=D))

@@ -234,6 +234,18 @@ def test_probe_every_reuses_gamma_between_probes():
     assert len(strategy.scores) == 2
 
 
+@pytest.mark.parametrize("mode", ["paper", "curvature"])
+def test_sgm_logs_both_scores_and_gamma_follows_the_chosen_one(mode):
+    model, inputs, y = make_problem()
+    strategy = SGM(SGMConfig(sharpness=mode)).bind(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    logs = [strategy.step(closure(model, inputs, y), optimizer, step=t) for t in range(3)]
+    for entry in logs:
+        assert torch.equal(entry["sharpness"], entry[f"sharpness_{mode}"])
+        assert torch.isfinite(entry["sharpness_paper"]) and torch.isfinite(entry["sharpness_curvature"])
+    assert logs[0]["sharpness_paper"] != logs[0]["sharpness_curvature"]
+
+
 @pytest.mark.parametrize("name,options", [
     ("sgm", {"gamma_min": 3.0, "gamma_max": 1.0}), ("sgm", {"window": 0}), ("sgm", {"probe_eps": -1.0}),
     ("sgm", {"sharpness": "hessian"}), ("mmpareto", {"gamma": 0.0}), ("ogm_ge", {"alpha": -1.0}),

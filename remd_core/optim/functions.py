@@ -191,7 +191,8 @@ def sharpness_score(
     mode: str = "paper",
     loss_now: Tensor | float | None = None,
     tiny: float = _TINY,
-) -> Tensor:
+    both: bool = False,
+) -> Tensor | dict[str, Tensor]:
     """Sharpness score of section 4.2 (eqs. P and S of the module docstring).
 
     ``Delta = eps * g / (||g|| + tiny)`` with ONE global norm over all tensors of ``grads``
@@ -214,6 +215,10 @@ def sharpness_score(
     add-then-subtract), also when ``loss_at`` raises. The perturbation uses ``torch._foreach_*``
     ops. Returns a detached 0-dim tensor; no host synchronisation. ``tiny`` is the paper's
     ``varepsilon``: with a zero gradient ``Delta = 0`` and both scores are exactly 0.
+
+    ``both=True`` returns ``{"paper": ..., "curvature": ...}`` from the same two evaluations (the
+    curvature score only when ``loss_now`` is given or ``mode="curvature"``), so one run can log
+    the score it does not use at no extra cost.
     """
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
@@ -232,7 +237,8 @@ def sharpness_score(
 
     with torch.no_grad():
         if not pairs:  # nothing to perturb: Delta = 0, both scores are exactly 0
-            return torch.zeros((), device=params[0].device if params else None)
+            zero = torch.zeros((), device=params[0].device if params else None)
+            return {m: zero for m in SCORE_MODES} if both else zero
         ps = [p for p, _ in pairs]
         gs = [g for _, g in pairs]
         total = _global_norm(torch._foreach_norm(gs, 2, dtype=_acc_dtype(gs)))
@@ -241,8 +247,10 @@ def sharpness_score(
         saved = [p.detach().clone() for p in ps]
 
         l_now = None
-        if mode == "curvature":
-            l_now = _as_scalar(loss_at()) if loss_now is None else _as_scalar(loss_now)
+        if loss_now is not None:
+            l_now = _as_scalar(loss_now)
+        elif mode == "curvature":
+            l_now = _as_scalar(loss_at())
         try:
             torch._foreach_add_(ps, deltas)
             l_plus = _as_scalar(loss_at())
@@ -252,9 +260,10 @@ def sharpness_score(
         finally:
             torch._foreach_copy_(ps, saved)
 
-        if mode == "paper":
-            return l_plus - l_minus
-        return l_plus + l_minus - 2.0 * l_now.to(l_plus.device)
+        scores = {"paper": l_plus - l_minus}
+        if l_now is not None:
+            scores["curvature"] = l_plus + l_minus - 2.0 * l_now.to(l_plus.device)
+        return scores if both else scores[mode]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ Where the paper is silent (our choices, all options):
   ``"per_encoder"`` solves one two-objective problem per encoder (as MMPareto does).
 - ``sharpness="paper"`` is ``L(theta+Delta) - L(theta-Delta)``, which to first order is
   ``2 eps ||g||`` (a gradient-norm signal); ``"curvature"`` is ``L(+) + L(-) - 2 L(theta)``.
+  Both are logged at every probe (``sharpness_paper``, ``sharpness_curvature``; they share the
+  two evaluations), whichever one drives gamma.
 
 Example, in your own loop::
 
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .functions import combine_gradients, modulation_gamma, sharpness_score
+from .functions import SCORE_MODES, combine_gradients, modulation_gamma, sharpness_score
 from .objectives import objective_gradients
 from .strategy import Strategy, assign_grads, encoder_slices, frozen_batchnorm_stats, shared_and_head_params
 
@@ -85,6 +87,7 @@ class SGM(Strategy):
         self.scores: deque = deque(maxlen=self.config.window)
         self.gamma = torch.tensor(self.config.gamma_base)
         self.sharpness = torch.tensor(float("nan"))
+        self.probe_scores = {f"sharpness_{m}": self.sharpness for m in SCORE_MODES}
 
     def backward(self, compute, step, epoch):
         cfg = self.config
@@ -97,7 +100,8 @@ class SGM(Strategy):
         combined, info = self._combine(grads.shared_mm, grads.shared_uni, base)
         assign_grads(shared, combined)
         assign_grads(heads, grads.heads)
-        return {**losses.logs(), "sharpness": self.sharpness, "gamma": self.gamma.detach().clone(), **info}
+        return {**losses.logs(), "sharpness": self.sharpness, **self.probe_scores, "gamma": self.gamma.detach().clone(),
+                **info}
 
     def _probe(self, compute, params, full_grad, loss_now):
         cfg = self.config
@@ -106,7 +110,9 @@ class SGM(Strategy):
             return compute().total(cfg.unimodal_weight)
 
         with frozen_batchnorm_stats(self.model):
-            s_t = sharpness_score(loss_at, params, full_grad, cfg.probe_eps, mode=cfg.sharpness, loss_now=loss_now)
+            scores = sharpness_score(loss_at, params, full_grad, cfg.probe_eps, loss_now=loss_now, both=True)
+        s_t = scores[cfg.sharpness]
+        self.probe_scores = {f"sharpness_{k}": v.detach() for k, v in scores.items()}
         window = torch.stack(list(self.scores)) if self.scores else []
         self.gamma = modulation_gamma(s_t, window, cfg.gamma_base, cfg.gamma_min, cfg.gamma_max)
         self.sharpness = s_t.detach()
@@ -125,9 +131,10 @@ class SGM(Strategy):
 
     def state_dict(self):
         return {**super().state_dict(), "scores": [s.cpu() for s in self.scores], "gamma": self.gamma.cpu(),
-                "sharpness": self.sharpness.cpu()}
+                "sharpness": self.sharpness.cpu(), "probe_scores": {k: v.cpu() for k, v in self.probe_scores.items()}}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.scores = deque(state["scores"], maxlen=self.config.window)
         self.gamma, self.sharpness = state["gamma"], state["sharpness"]
+        self.probe_scores = dict(state.get("probe_scores", self.probe_scores))
