@@ -20,13 +20,18 @@ from .provenance import write as write_provenance
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
+# The scale of a run. ``smoke``: seconds per notebook, for nbval in CI. ``cpu``: this 2-core
+# machine, the whole pipeline within 15 minutes (fewer epochs and one seed; full-scale tables come
+# from `remd sweep`). ``gpu``: the paper's scale (ResNet34, 224 px, 32 B-scans, 3 seeds).
 PROFILES = {
     "smoke": {"N_EYES": 80, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 1, "SEEDS": [0], "WIDTH": 0.125,
-              "ARCH": "resnet18"},
-    "cpu": {"N_EYES": 700, "IMAGE_SIZE": 64, "N_BSCANS": 8, "EPOCHS": 30, "SEEDS": [0], "WIDTH": 0.25,
-            "ARCH": "resnet18"},
+              "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": False,
+              "WORKERS": 2},
+    "cpu": {"N_EYES": 700, "IMAGE_SIZE": 64, "N_BSCANS": 8, "EPOCHS": 8, "SEEDS": [0], "WIDTH": 0.25,
+            "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2},
     "gpu": {"N_EYES": 700, "IMAGE_SIZE": 224, "N_BSCANS": 32, "EPOCHS": 100, "SEEDS": [0, 1, 2], "WIDTH": 1.0,
-            "ARCH": "resnet34"},
+            "ARCH": "resnet34", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": True,
+            "WORKERS": 1},
 }
 
 

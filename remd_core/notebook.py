@@ -1,0 +1,92 @@
+"""What every notebook's first code cell calls: ``setup(globals())``.
+
+The notebook template's ``parameters`` cell holds flat UPPER_CASE literals. Parameters whose value
+depends on the scale of the run (data size, image size, epochs, seeds, backbone) are ``None`` there
+and come from a profile (``notebook_runner.PROFILES``): ``PROFILE`` names it; an empty ``PROFILE``
+reads ``$REMD_PROFILE`` (``make test`` sets ``smoke`` for nbval) and falls back to ``cpu``. So the
+same committed notebook runs at CI scale under nbval, at this machine's scale in JupyterLab, and at
+any scale under ``remd run --profile``, which passes the profile's values explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from . import data
+from .config import ConfigError
+from .models import EncoderConfig
+from .notebook_runner import PROFILES
+from .paths import outputs_dir
+from .trainer import TrainConfig
+
+DEFAULT_PROFILE = "cpu"
+
+
+def resolve_profile(name: str = "") -> str:
+    profile = name or os.environ.get("REMD_PROFILE", "") or DEFAULT_PROFILE
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+    return profile
+
+
+def setup(namespace: dict) -> pd.Series:
+    """Fill the notebook's ``None`` parameters from its profile, in ``namespace`` (the notebook's
+    ``globals()``); set ``PROFILE`` and ``RUN_DIR`` (empty: ``outputs/interactive``); make plotly
+    figures travel as JSON (no copy of plotly.js inside every notebook). Returns the effective
+    parameters, which the notebook displays so every result states the scale that produced it."""
+    profile = resolve_profile(namespace.get("PROFILE", ""))
+    namespace["PROFILE"] = profile
+    values = PROFILES[profile]
+    params = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
+    for name, value in params.items():
+        if value is None:
+            if name not in values:
+                raise ConfigError(f"parameter {name} is None and profile {profile!r} has no value for it; "
+                                  f"the profile sets {sorted(values)}")
+            namespace[name] = values[name]
+    if not namespace.get("RUN_DIR"):
+        namespace["RUN_DIR"] = str(outputs_dir() / "interactive")
+    Path(namespace["RUN_DIR"]).mkdir(parents=True, exist_ok=True)
+
+    import plotly.io as pio
+
+    pio.renderers.default = "plotly_mimetype"
+    return pd.Series({k: namespace[k] for k in params}, name="parameters", dtype=object)
+
+
+def scale_label(namespace: dict) -> str:
+    """``"profile cpu, seeds [0], 8 epochs, resnet18 x0.25, 700 eyes"`` for titles and captions,
+    from whichever of these parameters the notebook declares."""
+    parts = [f"profile {namespace['PROFILE']}"]
+    if "SEEDS" in namespace:
+        parts.append(f"seeds {list(namespace['SEEDS'])}")
+    elif "SEED" in namespace:
+        parts.append(f"seed {namespace['SEED']}")
+    if "EPOCHS" in namespace:
+        parts.append(f"{namespace['EPOCHS']} epochs")
+    if "ARCH" in namespace:
+        parts.append(f"{namespace['ARCH']} x{namespace.get('WIDTH', 1.0):g}")
+    if "N_EYES" in namespace:
+        parts.append(f"{namespace['N_EYES']} eyes")
+    return ", ".join(parts)
+
+
+def load_dataset(name: str, n_eyes: int, image_size: int, n_bscans: int, seed: int = 0):
+    """A catalog entry at the notebook's scale: synthetic entries are generated at ``n_eyes``,
+    ``image_size`` and ``n_bscans`` (small sets get larger validation and test fractions so that
+    every split holds each MD stratum); real entries are read as they are."""
+    if data.entry(name).loader != "synthetic":
+        return data.load(name, seed=seed)
+    overrides = dict(n_eyes=n_eyes, image_size=image_size, oct_size=image_size, n_bscans=n_bscans)
+    if n_eyes < 200:
+        overrides.update(test=0.2, val=0.15)
+    return data.load(name, seed=seed, **overrides)
+
+
+def train_config(epochs: int, arch: str, width: float, seed: int = 0, **settings) -> TrainConfig:
+    """The notebooks' training settings: the workbench defaults with the profile's scale."""
+    return replace(TrainConfig(**settings), epochs=epochs, seed=seed, encoder=EncoderConfig(arch=arch, width=width))
