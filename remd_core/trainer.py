@@ -43,14 +43,16 @@ from .models import EncoderConfig, MultimodalRegressor
 from .optim import Losses, NonFiniteError, build_strategy
 from .transforms import prepare_inputs
 
-SUBSETS = ("all", "head", "tail")
+SUBSETS = ("all", "head", "tail", "few")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 @dataclass
 class TrainConfig:
     """``modalities=None`` uses every modality of the data set. ``subset`` trains on all training
-    samples or only on the head ("many" MD bins) or tail ("few" bins) of ``metrics.region_labels``."""
+    samples, on the head only ("many" MD bins of ``metrics.region_labels``), on the tail only (every
+    sample outside the head: "medium" and "few" bins, the paper's tail classes of Fig. 2) or on the
+    "few" bins only (a handful of samples on small sets)."""
 
     modalities: tuple[str, ...] | None = None
     strategy: str = "joint"
@@ -128,7 +130,7 @@ def training_split(dataset: MultimodalDataset, subset: str) -> MultimodalSplit:
     train = dataset.train
     if subset == "all":
         return train
-    head, tail = metrics.head_tail_split(train.y.numpy())
+    head, tail = metrics.head_tail_split(train.y.numpy(), medium_as_tail=subset == "tail")
     mask = head if subset == "head" else tail
     if not mask.any():
         raise ValueError(f"the {subset} subset of {dataset.name!r} is empty")

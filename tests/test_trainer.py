@@ -69,9 +69,12 @@ def test_head_and_tail_subsets_train_on_their_samples_only():
     from remd_core.trainer import training_split
 
     dataset = load("synthetic-stage2", n_eyes=500, image_size=8, oct_size=8, n_bscans=1, cache=False)
-    head, tail = head_tail_split(dataset.train.y.numpy())
+    head, few = head_tail_split(dataset.train.y.numpy())
+    _, not_head = head_tail_split(dataset.train.y.numpy(), medium_as_tail=True)
     assert len(training_split(dataset, "head")) == head.sum() > 0
-    assert len(training_split(dataset, "tail")) == tail.sum() > 0
+    assert len(training_split(dataset, "few")) == few.sum() > 0
+    assert len(training_split(dataset, "tail")) == not_head.sum() == len(dataset.train) - head.sum()
+    assert few.sum() < not_head.sum()
     assert len(training_split(dataset, "all")) == len(dataset.train)
 
 
