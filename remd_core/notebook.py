@@ -55,7 +55,16 @@ def setup(namespace: dict) -> pd.Series:
     import plotly.io as pio
 
     pio.renderers.default = "plotly_mimetype"
-    return pd.Series({k: namespace[k] for k in params}, name="parameters", dtype=object)
+    shown = {k: _under_outputs(namespace[k]) if k.endswith("_DIR") else namespace[k] for k in params}
+    return pd.Series(shown, name="parameters", dtype=object)
+
+
+def _under_outputs(path) -> str:
+    """A folder shown relative to the outputs root, so displayed parameters name no machine path."""
+    try:
+        return str(Path("outputs") / Path(path).resolve().relative_to(outputs_dir().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def scale_label(namespace: dict) -> str:

@@ -1,4 +1,10 @@
-"""The one helper a notebook's results cell calls: record key numbers beside the executed notebook."""
+"""Helpers that notebooks call to leave their results beside the executed notebook.
+
+``record_results`` writes the key numbers of a notebook (its results cell); ``save_figure`` writes
+every figure as a static PNG and, for plotly, also as a self-contained HTML file; ``save_table``
+writes a table as CSV and parquet. Everything lands under the run folder (``RUN_DIR``), so a run can
+be read without a kernel.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +15,41 @@ import pandas as pd
 from .paths import outputs_dir, write_json
 
 
-def record_results(notebook: str, values: dict, run_dir: str | Path = "") -> pd.Series:
-    """Write ``values`` to ``<run_dir>/results/<notebook>.json`` (``outputs/interactive`` when the
-    notebook runs outside ``remd run``) and return them as a Series for display."""
+def run_folder(run_dir: str | Path = "") -> Path:
+    """The run folder: ``run_dir``, or ``outputs/interactive`` outside ``remd run``."""
     folder = Path(run_dir) if run_dir else outputs_dir() / "interactive"
-    write_json(folder / "results" / f"{notebook}.json", values, indent=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def record_results(notebook: str, values: dict, run_dir: str | Path = "") -> pd.Series:
+    """Write ``values`` to ``<run_dir>/results/<notebook>.json`` and return them as a Series."""
+    write_json(run_folder(run_dir) / "results" / f"{notebook}.json", values, indent=2)
     return pd.Series(values, name=notebook)
 
 
-def save_figure(fig, name: str, run_dir: str | Path = "") -> Path:
-    """Save a figure under ``<run_dir>/figures/``: a plotly figure as self-contained HTML, a
-    matplotlib figure as PNG. (Static PNG export of plotly needs kaleido and a Chrome, which our
-    machines lack; notebooks draw their static figures with matplotlib.)"""
-    folder = (Path(run_dir) if run_dir else outputs_dir() / "interactive") / "figures"
-    folder.mkdir(parents=True, exist_ok=True)
+def save_figure(fig, name: str, run_dir: str | Path = "") -> list[Path]:
+    """Save a figure under ``<run_dir>/figures/``: PNG always (plotly through kaleido), plus a
+    self-contained HTML file (plotly.js embedded, no network needed) for plotly figures."""
+    folder = run_folder(run_dir) / "figures"
+    folder.mkdir(exist_ok=True)
+    png = folder / f"{name}.png"
     if hasattr(fig, "write_html"):
-        path = folder / f"{name}.html"
-        fig.write_html(path, include_plotlyjs=True, full_html=True)
-    else:
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+        html = folder / f"{name}.html"
+        fig.write_html(html, include_plotlyjs=True, full_html=True)
+        fig.write_image(png, scale=2)
+        return [png, html]
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    return [png]
+
+
+def save_table(table: pd.DataFrame, name: str, run_dir: str | Path = "") -> list[Path]:
+    """Save a table under ``<run_dir>/tables/`` as CSV and parquet (index included)."""
+    folder = run_folder(run_dir) / "tables"
+    folder.mkdir(exist_ok=True)
+    csv, parquet = folder / f"{name}.csv", folder / f"{name}.parquet"
+    table.to_csv(csv)
+    frame = table.copy()
+    frame.columns = [str(c) for c in frame.columns]  # parquet needs string column names
+    frame.to_parquet(parquet)
+    return [csv, parquet]

@@ -57,3 +57,22 @@ def test_run_command_rejects_unknown_notebooks_and_parameters(tmp_path):
     out = subprocess.run([sys.executable, "-m", "remd_core", "run", "--notebooks", "00", "--set", "EPOCH=3"],
                          capture_output=True, text=True, env=env)
     assert out.returncode != 0 and "EPOCH" in out.stderr
+
+
+def test_setup_fills_none_parameters_from_the_profile_named_or_in_the_environment(tmp_path, monkeypatch):
+    from remd_core.notebook import setup
+
+    monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path))
+    monkeypatch.setenv("REMD_PROFILE", "smoke")
+    namespace = {"PROFILE": "", "EPOCHS": None, "N_EYES": None, "SEED": 3, "RUN_DIR": ""}
+    shown = setup(namespace)
+    assert namespace["PROFILE"] == "smoke" and namespace["EPOCHS"] == PROFILES["smoke"]["EPOCHS"]
+    assert namespace["SEED"] == 3 and namespace["RUN_DIR"] == str(tmp_path / "interactive")
+    assert shown["RUN_DIR"] == "outputs/interactive"  # no machine path in a notebook's output
+    namespace = {"PROFILE": "gpu", "ARCH": None, "RUN_DIR": str(tmp_path)}
+    setup(namespace)
+    assert namespace["ARCH"] == "resnet34"  # a named profile wins over the environment
+    with pytest.raises(ConfigError, match="LR"):
+        setup({"PROFILE": "cpu", "LR": None})
+    with pytest.raises(ConfigError, match="laptop"):
+        setup({"PROFILE": "laptop"})

@@ -8,7 +8,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"pytorch": "torch"}          # conda package name -> PyPI name
+CONDA_NAMES = {"pytorch": "torch", "python-kaleido": "kaleido"}          # conda package name -> PyPI name
 CONDA_ONLY = {"python", "pip"}
 
 
