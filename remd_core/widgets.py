@@ -64,38 +64,50 @@ def gamma_view(sharpness, gamma_base: float, gamma_min: float, gamma_max: float,
 
 
 def show_margin_widget(y_batch, m0=0.4, beta=0.0005, t_n=100, step=0, total_steps=1000):
+    """Draw ``margin_view`` at the given values, then return sliders that redraw it. The returned
+    widget's ``latest`` dict holds what the last redraw computed (``margin``, ``positives``)."""
     import ipywidgets as w
     from IPython.display import display
 
     display(margin_view(y_batch, m0, beta, t_n, step, total_steps)[0])
     plt.close("all")
+    latest = {}
 
     def redraw(m0, beta, t_n, step):
-        fig = margin_view(y_batch, m0, beta, t_n, step, total_steps)[0]
+        fig, margin, mask = margin_view(y_batch, m0, beta, t_n, step, total_steps)
+        latest.update(m0=m0, beta=beta, t_n=t_n, step=step, margin=margin, positives=int(mask.sum()))
         display(fig)
         plt.close(fig)
 
-    return w.interactive(redraw, m0=w.FloatSlider(value=m0, min=0.0, max=2.0, step=0.05),
+    view = w.interactive(redraw, m0=w.FloatSlider(value=m0, min=0.0, max=2.0, step=0.05),
                          beta=w.FloatLogSlider(value=beta, base=10, min=-5, max=-1),
                          t_n=w.IntSlider(value=t_n, min=0, max=total_steps), step=w.IntSlider(value=step, min=0, max=total_steps))
+    view.latest = latest
+    return view
 
 
 def show_gamma_widget(sharpness, gamma_base=1.5, gamma_min=0.5, gamma_max=5.0, window=50):
+    """Draw ``gamma_view`` at the given values, then return sliders that redraw it. The returned
+    widget's ``latest`` dict holds the last replayed ``gamma`` and its settings."""
     import ipywidgets as w
     from IPython.display import display
 
     display(gamma_view(sharpness, gamma_base, gamma_min, gamma_max, window)[0])
     plt.close("all")
+    latest = {}
 
     def redraw(gamma_base, gamma_min, gamma_max, window):
         if gamma_min > gamma_max:
             print("gamma_min must not exceed gamma_max")
             return
-        fig = gamma_view(sharpness, gamma_base, gamma_min, gamma_max, window)[0]
+        fig, gamma = gamma_view(sharpness, gamma_base, gamma_min, gamma_max, window)
+        latest.update(gamma_base=gamma_base, gamma_min=gamma_min, gamma_max=gamma_max, window=window, gamma=gamma)
         display(fig)
         plt.close(fig)
 
-    return w.interactive(redraw, gamma_base=w.FloatSlider(value=gamma_base, min=0.1, max=10.0, step=0.1),
+    view = w.interactive(redraw, gamma_base=w.FloatSlider(value=gamma_base, min=0.1, max=10.0, step=0.1),
                          gamma_min=w.FloatSlider(value=gamma_min, min=0.0, max=5.0, step=0.1),
                          gamma_max=w.FloatSlider(value=gamma_max, min=0.5, max=20.0, step=0.5),
                          window=w.IntSlider(value=window, min=1, max=500))
+    view.latest = latest
+    return view

@@ -76,3 +76,37 @@ def test_setup_fills_none_parameters_from_the_profile_named_or_in_the_environmen
         setup({"PROFILE": "cpu", "LR": None})
     with pytest.raises(ConfigError, match="laptop"):
         setup({"PROFILE": "laptop"})
+
+
+def _committed_notebooks():
+    return ordered_notebooks() + sorted((NOTEBOOK_DIR / "cells").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", _committed_notebooks(), ids=lambda p: p.name)
+def test_committed_notebook_outputs_are_fresh_and_clean(path):
+    from remd_core.notebook_refresh import problems
+
+    assert problems(path) == [], f"{path.name}: run `make notebooks` and commit the result"
+
+
+def test_refresh_checks_catch_stale_outputs_counts_addresses_and_paths(tmp_path):
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from remd_core.notebook_refresh import STAMP, clean, problems, source_hash
+
+    nb = new_notebook(cells=[new_code_cell("x = 1\nx", execution_count=3, outputs=[
+        new_output("execute_result", {"text/plain": "<object at 0x7f3a2b>"}, execution_count=3),
+        new_output("display_data", {"application/vnd.jupyter.widget-view+json": {"model_id": "a"}, "text/plain": "w"}),
+        new_output("stream", text="saved to /tmp/abc/figure.png\n")])])
+    nb.metadata[STAMP] = {"source_hash": source_hash(nb)}
+    path = tmp_path / "check.ipynb"
+    nbformat.write(nb, path)
+    found = problems(path)
+    assert any("execution count" in p for p in found) and any("memory address" in p for p in found)
+    assert any("/tmp/abc" in p for p in found) and not any("stale" in p for p in found)
+    clean(nb)
+    assert nb.cells[0].execution_count is None and len(nb.cells[0].outputs) == 2  # widget view dropped
+    assert "0x7f3a2b" not in nb.cells[0].outputs[0]["data"]["text/plain"]
+    nb.cells[0].source = "x = 2\nx"
+    nbformat.write(nb, path)
+    assert any("stale" in p for p in problems(path))

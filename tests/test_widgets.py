@@ -37,3 +37,47 @@ def test_widgets_build_without_a_frontend_and_show_the_defaults():
     assert margin.children[0].value == 0.4
     gamma = show_gamma_widget(np.ones(10))
     assert {c.description for c in gamma.children[:-1]} == {"gamma_base", "gamma_min", "gamma_max", "window"}
+
+
+@pytest.mark.slow
+def test_slider_changes_redraw_in_a_real_kernel():
+    """A real ipykernel (as JupyterLab starts it): moving a slider runs the callback, which sends a
+    new PNG to the frontend and recomputes the values for the new setting."""
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        def run(code):
+            msg_id = client.execute(code)
+            images, texts = 0, []
+            while True:
+                msg = client.get_iopub_msg(timeout=60)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                kind, content = msg["msg_type"], msg["content"]
+                if kind in ("display_data", "execute_result") and "image/png" in content["data"]:
+                    images += 1
+                if kind == "execute_result":
+                    texts.append(content["data"]["text/plain"])
+                if kind == "error":
+                    raise AssertionError("\n".join(content["traceback"]))
+                if kind == "status" and content["execution_state"] == "idle":
+                    return images, texts
+
+        images, _ = run("import numpy as np\nfrom remd_core.widgets import show_margin_widget, show_gamma_widget\n"
+                        "m = show_margin_widget(np.linspace(-1, 1, 8), total_steps=2000)")
+        assert images >= 1  # the static rendering of the defaults
+        images, texts = run("m.children[0].value = 0.8\nm.children[3].value = 1100\n"
+                            "round(m.latest['margin'], 6), m.latest['positives']")
+        assert images == 2  # one redraw per slider move
+        margin = 0.8 * np.exp(-0.0005 * (1100 - 100))
+        gaps = np.abs(np.subtract.outer(np.linspace(-1, 1, 8), np.linspace(-1, 1, 8)))
+        assert texts == [repr((round(float(margin), 6), int(((gaps < margin) & (gaps > 0)).sum())))]
+        run("g = show_gamma_widget(np.r_[np.ones(5), 3 * np.ones(5)], window=3)")
+        images, texts = run("g.children[0].value = 2.0\ng.latest['gamma'].round(3).tolist()")
+        assert images == 1
+        # window of the 3 previous scores: the jump to 3 is 3x their median for two probes (6, clipped to 5)
+        assert texts == [repr([2.0] * 5 + [5.0, 5.0] + [2.0] * 3)]
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)

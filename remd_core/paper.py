@@ -1,0 +1,28 @@
+"""The Re-M3Dr paper's reported numbers (seed paper 001, STAGE2 data set), keyed like our recipes,
+to print beside our results. They come from a different data set (real STAGE2 eyes) and setup
+(ResNet34, 224 px, 32 B-scans), so they are context, not targets."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+# Table 1 (STAGE2 columns) and Table 2: (recipe, model) -> (R2, MSE, MAE)
+STAGE2 = {
+    ("unimodal-oct", "oct"): (0.420, 5.01, 1.59),
+    ("unimodal-fundus", "fundus"): (0.605, 3.63, 1.38),
+    ("naive-fusion", "fusion"): (0.371, 4.64, 1.52),
+    ("ogm-ge", "fusion"): (0.468, 3.78, 1.43),
+    ("mmpareto", "fusion"): (0.532, 4.01, 1.39),
+    ("re-m3dr", "fusion"): (0.626, 2.50, 1.16),
+    ("wo-am", "fusion"): (0.611, 2.95, 1.26),
+    ("am-only", "oct"): (0.340, 4.79, 1.54),
+    ("am-only", "fundus"): (0.601, 2.87, 1.23),
+    ("am-naive-fusion", "fusion"): (0.525, 3.21, 1.29),
+    ("am-mmpareto", "fusion"): (0.317, 4.19, 1.53),
+}
+
+
+def stage2_table() -> pd.DataFrame:
+    """The paper's STAGE2 numbers as a frame indexed by (recipe, model): ``paper_r2, paper_mse, paper_mae``."""
+    index = pd.MultiIndex.from_tuples(STAGE2, names=["recipe", "model"])
+    return pd.DataFrame(list(STAGE2.values()), index=index, columns=["paper_r2", "paper_mse", "paper_mae"])
