@@ -11,14 +11,17 @@ ones; this control separates the effect of the contrastive objective from that o
 
 A recipe is at most two stages. Stage-1 encoders are trained once per (data set, seed, margin
 kind, training settings) and reused by every recipe that starts from them (kept under the run
-folder's ``stage1/``). ``run_recipe`` returns one result row per evaluated model, with test
-metrics overall and per region (many / medium / few MD bins of ``metrics.region_labels``).
+folder's ``stage1/``); a file lock makes the cache safe to share between parallel workers (``remd
+sweep``). ``run_recipe`` returns one result row per evaluated model, with test metrics overall and
+per region (many / medium / few MD bins of ``metrics.region_labels``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -81,6 +84,21 @@ def _stage1_key(dataset: MultimodalDataset, config: TrainConfig, kind: str) -> s
     return f"{kind}-seed{config.seed}-{hashlib.sha1(settings.encode()).hexdigest()[:10]}"
 
 
+@contextmanager
+def _locked(folder: Path):
+    """Hold an exclusive lock on ``folder/.lock`` (created if missing) for the ``with`` block, so two
+    processes sharing a stage-1 cache neither train the same encoders twice nor read half-written
+    ones: the second waits, then finds them finished. The lock is released when the process exits,
+    even on a crash, so a stale lock file never blocks a rerun."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def stage1(dataset: MultimodalDataset, base: TrainConfig, kind: str, folder: Path,
            progress: bool = True) -> tuple[dict[str, str], list[dict]]:
     """Train (or reuse) one encoder per modality (contrastive unless ``kind == "plain"``); returns
@@ -89,29 +107,49 @@ def stage1(dataset: MultimodalDataset, base: TrainConfig, kind: str, folder: Pat
                      adaptive_margin=kind == "adaptive", init_encoders={})
     out = Path(folder) / _stage1_key(dataset, config, kind)
     paths, rows = {}, []
-    for modality in dataset.spec.modality_names:
-        done = out / f"{modality}.json"
-        if not done.exists():
-            result = fit(dataset, replace(config, modalities=(modality,)), progress=progress)
-            save_encoders(result.model, out)
-            write_json(done, result_row(result, model=modality))
-        paths[modality] = str(out / f"{modality}.pt")
-        rows.append(json.loads(done.read_text()))
+    with _locked(out):
+        for modality in dataset.spec.modality_names:
+            done = out / f"{modality}.json"
+            if not done.exists():  # the encoders (written atomically) come before this marker
+                result = fit(dataset, replace(config, modalities=(modality,)), progress=progress)
+                save_encoders(result.model, out)
+                write_json(done, result_row(result, model=modality))
+            paths[modality] = str(out / f"{modality}.pt")
+            rows.append(json.loads(done.read_text()))
     return paths, rows
 
 
+def stage2_options(r: Recipe, overrides: dict[str, dict] | None = None) -> dict:
+    """The stage-2 strategy options of recipe ``r``: its own, with ``overrides[r.strategy]`` merged
+    over them. Overrides for other strategies are ignored, so one set of options (say SGM's gamma)
+    can be given to every recipe of a sweep and reaches only the recipes that use that strategy.
+    Strategy names are checked (a typo is an error, not a silent no-op); option names are checked
+    by the strategy's config when it is built."""
+    from .optim import STRATEGIES
+
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(STRATEGIES))
+    if unknown:
+        raise ValueError(f"strategy_options names unknown strategies {unknown}; known: {sorted(STRATEGIES)}")
+    return {**dict(r.options), **overrides.get(r.strategy, {})} if r.strategy else {}
+
+
 def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir: Path,
-               progress: bool = True) -> tuple[list[dict], FitResult | None]:
+               progress: bool = True, strategy_options: dict[str, dict] | None = None
+               ) -> tuple[list[dict], FitResult | None]:
     """Run recipe ``name`` with the training settings of ``base`` (epochs, seed, encoder, ...).
+    ``strategy_options`` maps a strategy name to option overrides (``{"sgm": {"gamma_base": 3}}``),
+    applied only when the recipe's stage 2 uses that strategy (``stage2_options``).
     Returns the result rows and the last stage's ``FitResult`` (``None`` for ``am-only``)."""
     r = recipe(name)
+    options = stage2_options(r, strategy_options)
     init = {}
     if r.stage1:
         init, stage1_rows = stage1(dataset, base, r.stage1, Path(workdir) / "stage1", progress)
         if r.strategy is None:
             return [{**row, "recipe": name} for row in stage1_rows], None
     modalities = (r.modality,) if r.modality else None
-    config = replace(base, modalities=modalities, strategy=r.strategy, strategy_options=dict(r.options),
+    config = replace(base, modalities=modalities, strategy=r.strategy, strategy_options=options,
                      init_encoders=init, contrastive=False)
     result = fit(dataset, config, progress=progress)
     model = r.modality or "fusion"

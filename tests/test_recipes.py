@@ -6,7 +6,7 @@ import torch
 from remd_core.compare import compare, summarize
 from remd_core.data import load
 from remd_core.models import EncoderConfig
-from remd_core.recipes import PAPER_RECIPES, recipe, recipes_for
+from remd_core.recipes import PAPER_RECIPES, recipe, recipes_for, run_recipe, stage2_options
 from remd_core.trainer import TrainConfig
 
 SMALL = dict(n_eyes=60, image_size=16, oct_size=16, n_bscans=2, test=15, val=10, cache=False)
@@ -72,3 +72,42 @@ def test_default_recipes_follow_the_data_set_modalities():
     randhie = load("randhie", n_rows=500)
     names = recipes_for(randhie)
     assert names[:2] == ["unimodal-plan", "unimodal-health"] and "re-m3dr" in names
+
+
+def test_strategy_options_reach_only_the_recipes_using_that_strategy():
+    options = {"sgm": {"gamma_base": 3.0}, "mmpareto": {"gamma": 2.0}}
+    assert stage2_options(recipe("re-m3dr"), options) == {"gamma_base": 3.0}
+    assert stage2_options(recipe("am-mmpareto"), options) == {"gamma": 2.0}
+    assert stage2_options(recipe("naive-fusion"), options) == {"unimodal_weight": 0.0}  # the recipe's own, kept
+    assert stage2_options(recipe("naive-fusion"), {"joint": {"unimodal_weight": 0.5}}) == {"unimodal_weight": 0.5}
+    assert stage2_options(recipe("am-only"), options) == {}  # no stage 2
+    with pytest.raises(ValueError, match="sgmm"):
+        stage2_options(recipe("re-m3dr"), {"sgmm": {"gamma_base": 3.0}})
+
+
+@pytest.mark.slow
+def test_run_recipe_passes_strategy_options_to_stage2(dataset, tmp_path):
+    fixed = {"gamma_base": 2.0, "gamma_min": 2.0, "gamma_max": 2.0}
+    _, result = run_recipe("re-m3dr", dataset, BASE, tmp_path, progress=False, strategy_options={"sgm": fixed})
+    assert result.config.strategy_options == fixed and result.history["gamma"].eq(2.0).all()
+    _, result = run_recipe("naive-fusion", dataset, BASE, tmp_path, progress=False, strategy_options={"sgm": fixed})
+    assert result.config.strategy_options == {"unimodal_weight": 0.0}
+
+
+def test_stage1_cache_lock_excludes_a_second_process(tmp_path):
+    import subprocess
+    import sys
+
+    from remd_core.recipes import _locked
+
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'w')\n"
+             "try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+             "except BlockingIOError: print('held')")
+
+    def check():
+        return subprocess.run([sys.executable, "-c", probe, str(tmp_path / ".lock")], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    with _locked(tmp_path):
+        assert check() == "held"
+    assert check() == "free"
