@@ -81,6 +81,39 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .config import ConfigError
+    from .sweep import SweepError, group_summaries, load_grid, run_sweep, select_groups
+
+    start = time.perf_counter()
+    failure = None
+    try:
+        grid = load_grid(args.grid)
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        groups = args.groups.split(",") if args.groups else None
+        folder = outputs_dir() / (args.run or f"sweep-{grid.name}")
+        table = run_sweep(grid, folder, args.profile, seeds, groups, parse_assignments(args.set), args.workers)
+    except SweepError as err:
+        table, failure = err.table, err
+    except ConfigError as err:  # a mistake in the grid or the command, found before anything ran
+        print(f"remd sweep: {err}", file=sys.stderr)
+        return 2
+    columns = ["seeds", "test_r2_mean", "test_r2_std", "test_mse_mean", "test_mse_std", "test_mae_mean",
+               "test_mae_std", "few_mse_mean"]
+    shown = table[table["seed"].isin(seeds)] if seeds and not table.empty else table
+    for name, summary in group_summaries(shown, select_groups(grid, groups)).items():
+        about = grid.groups[name].description or "sub-grid"
+        print(f"\n{name} ({about}): mean and SD over seeds, profile {args.profile}")
+        print(summary[[c for c in columns if c in summary]].round(3).to_string())
+    print(f"\nwall time {time.perf_counter() - start:.0f} s")
+    print(f"results: {folder}\n  results.csv and results.parquet (one row per cell and model), grid.yaml, "
+          "provenance.json, cells/<key>/ (executed notebook, results, figures, error.txt if it failed)")
+    if failure:
+        print(f"\n{failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remd", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="notebook parameter overrides")
     r.add_argument("--run", default=None, help="run folder name under outputs/")
     r.set_defaults(func=cmd_run)
+    w = sub.add_parser("sweep", help="run a grid of notebook cells (recipes x seeds x parameters), collect one table")
+    w.add_argument("grid", help="grid file (sweeps/paper.yaml) or the name of one in sweeps/")
+    w.add_argument("--profile", default="cpu", help="smoke (CI), cpu (this machine) or gpu (the paper's scale)")
+    w.add_argument("--seeds", default=None,
+                   help="comma-separated training seeds of every sub-grid (default: the grid's)")
+    w.add_argument("--groups", default=None,
+                   help="comma-separated sub-grids; a name also selects NAME_* (default: all)")
+    w.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="notebook parameters for every cell")
+    w.add_argument("--workers", type=int, default=None, help="parallel local workers (default: the CPU count)")
+    w.add_argument("--run", default=None, help="run folder under outputs/ (default: sweep-<grid name>); rerun: resume")
+    w.set_defaults(func=cmd_sweep)
     return parser
 
 

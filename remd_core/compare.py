@@ -60,10 +60,12 @@ def collect(folder: Path, recipes: list[str], seeds: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and SD over seeds per (recipe, model), in the order the recipes were given."""
+def summarize(results: pd.DataFrame, by: tuple[str, ...] = ("recipe", "model")) -> pd.DataFrame:
+    """Mean and SD over seeds per ``by`` group (default: recipe and model), groups in order of first
+    appearance; ``seeds`` counts the rows of each group. ``remd sweep`` shares it
+    (``sweep.summarize``)."""
     metrics = [m for m in SUMMARY_METRICS if m in results]
-    grouped = results.groupby(["recipe", "model"], sort=False)
+    grouped = results.groupby(list(by), sort=False, dropna=False)
     table = grouped[metrics].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     table.insert(0, "seeds", grouped.size())

@@ -1,0 +1,181 @@
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from remd_core.config import ConfigError
+from remd_core.paths import REPO_ROOT
+from remd_core.sweep import (SweepError, cell_key, collect, expand, group_summaries, load_grid, run_sweep, schedule,
+                             summarize)
+
+PAPER = REPO_ROOT / "sweeps" / "paper.yaml"
+MINI = """
+name: mini
+datasets: [synthetic-stage2]
+seeds: [0]
+grids:
+  main:
+    recipes: [unimodal-fundus, naive-fusion]
+  broken:                      # fails inside the notebook: TrainConfig rejects lr <= 0
+    recipes: [unimodal-oct]
+    params: {LR: [-1.0]}
+"""
+GOOD = ["synthetic-stage2__unimodal-fundus__seed0", "synthetic-stage2__naive-fusion__seed0"]
+BROKEN = "synthetic-stage2__unimodal-oct__seed0__LR=-1"
+
+
+def test_cell_notebook_follows_the_template_and_the_agreed_parameters():
+    import nbformat
+
+    from remd_core.notebook_runner import NOTEBOOK_DIR, notebook_parameters
+
+    path = NOTEBOOK_DIR / "cells" / "train_recipe.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert list(notebook_parameters(path)) == [
+        "PROFILE", "DATASET", "RECIPE", "SEED", "N_EYES", "IMAGE_SIZE", "N_BSCANS", "EPOCHS", "ARCH", "WIDTH",
+        "BATCH_SIZE", "LR", "MARGIN_M0", "MARGIN_BETA", "MARGIN_WARMUP", "GAMMA_BASE", "GAMMA_MIN", "GAMMA_MAX",
+        "WINDOW", "RUN_DIR", "WORK_DIR"]
+    assert 'record_results("train_recipe"' in nb.cells[-2].source and nb.cells[-1].cell_type == "markdown"
+    checked = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("# NBVAL_CHECK_OUTPUT")]
+    assert checked and all(c.outputs for c in checked)  # the smoke profile's reference output, for nbval
+
+
+def grid_file(tmp_path, text, name="grid.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_unknown_keys_are_errors_naming_the_file_and_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"typo\.yaml.*unknown key\(s\) \['recipe'\]"):
+        load_grid(grid_file(tmp_path, "datasets: [synthetic-stage2]\nrecipe: [re-m3dr]\nseeds: [0]\n", "typo.yaml"))
+    with pytest.raises(ConfigError, match=r"bad\.yaml: grids\.t1: unknown key\(s\) \['seed'\]"):
+        load_grid(grid_file(tmp_path, "datasets: [synthetic-stage2]\nrecipes: [re-m3dr]\nseeds: [0]\n"
+                                      "grids:\n  t1: {seed: [1]}\n", "bad.yaml"))
+
+
+def test_parameters_must_be_declared_by_the_cell_notebook(tmp_path):
+    base = "datasets: [synthetic-stage2]\nrecipes: [re-m3dr]\nseeds: [0]\n"
+    with pytest.raises(ConfigError, match=r"p\.yaml: unknown parameter\(s\) \['GAMA_BASE'\]; train_recipe\.ipynb"):
+        load_grid(grid_file(tmp_path, base + "params: {GAMA_BASE: [1.0]}\n", "p.yaml"))
+    with pytest.raises(ConfigError, match="SEED.*use datasets/recipes/seeds"):
+        load_grid(grid_file(tmp_path, base + "params: {SEED: [1]}\n"))
+    with pytest.raises(ConfigError, match="GAMMA_BASE = 'high' is a str"):
+        load_grid(grid_file(tmp_path, base + "params: {GAMMA_BASE: [high]}\n"))
+    with pytest.raises(ConfigError, match="unknown recipe 'sam'"):
+        load_grid(grid_file(tmp_path, "datasets: [synthetic-stage2]\nrecipes: [sam]\nseeds: [0]\n"))
+    grid = load_grid(grid_file(tmp_path, MINI))
+    with pytest.raises(ConfigError, match="EPOCH"):  # overrides too, before anything runs
+        run_sweep(grid, tmp_path / "run", profile="smoke", overrides={"EPOCH": 3}, progress=False)
+    with pytest.raises(ConfigError, match="LR.*set by the grid"):
+        run_sweep(grid, tmp_path / "run", profile="smoke", overrides={"LR": 0.01}, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_paper_grid_is_the_union_of_its_tables_without_duplicates():
+    grid = load_grid(PAPER)
+    assert list(grid.groups) == ["table1", "table2", "sensitivity_m0", "sensitivity_beta", "sensitivity_gamma"]
+    cells = expand(grid)
+    assert len(cells) == len({c.key for c in cells}) == 18 + 15 + 9
+    default = {c.key: c for c in cells}["synthetic-stage2__re-m3dr__seed0"]
+    # one run serves both tables and the default point of each sensitivity curve
+    assert default.groups == ("table1", "table2", "sensitivity_m0", "sensitivity_beta", "sensitivity_gamma")
+    assert default.params == {"DATASET": "synthetic-stage2", "RECIPE": "re-m3dr", "SEED": 0}
+    one_seed = expand(grid, seeds=[0])
+    assert len(one_seed) == 6 + 5 + 9 and {c.params["SEED"] for c in one_seed} == {0}
+    # a cell's groups name every sub-grid holding it, selected or not
+    table2 = expand(grid, seeds=[0], groups=["table2"])
+    assert [c.params["RECIPE"] for c in table2] == ["re-m3dr", "wo-am", "am-only", "am-naive-fusion", "am-mmpareto",
+                                                   "pretrained-naive-fusion"]
+    # stage-1 trainers first: one cell per shared set of encoders, then cells without stage 1
+    order = [c.params["RECIPE"] for c in schedule(expand(grid, seeds=[0], groups=["table1", "table2"]))]
+    assert order[:3] == ["re-m3dr", "wo-am", "pretrained-naive-fusion"] and order[-3:] == [
+        "am-only", "am-naive-fusion", "am-mmpareto"]
+
+
+def test_groups_select_by_name_or_prefix():
+    grid = load_grid("paper")  # a bare name is looked up in sweeps/
+    sensitivity = expand(grid, groups=["sensitivity"])
+    assert len(sensitivity) == 1 + 3 + 2 + 4
+    assert {g for c in sensitivity for g in c.groups} >= {"sensitivity_m0", "sensitivity_beta", "sensitivity_gamma"}
+    assert len(expand(grid, groups=["sensitivity_gamma"])) == 5
+    with pytest.raises(ConfigError, match="no sub-grid 'table'"):  # a prefix ends at '_': table selects no table1
+        expand(grid, groups=["table"])
+
+
+def test_keys_are_stable_readable_and_safe():
+    params = {"DATASET": "synthetic-stage2", "RECIPE": "re-m3dr", "SEED": 0, "GAMMA_BASE": 3.0}
+    assert cell_key(params) == "synthetic-stage2__re-m3dr__seed0__GAMMA_BASE=3"
+    assert cell_key({**params, "GAMMA_BASE": 3}) == cell_key(params)
+    assert cell_key({**params, "MARGIN_BETA": 0.0001, "ARCH": "resnet34"}) == cell_key(
+        {"ARCH": "resnet34", **params, "MARGIN_BETA": 0.0001}) == (
+        "synthetic-stage2__re-m3dr__seed0__ARCH=resnet34__GAMMA_BASE=3__MARGIN_BETA=0.0001")
+    odd = cell_key({**params, "ARCH": "a/b c"})
+    assert "/" not in odd and " " not in odd and odd != cell_key({**params, "ARCH": "a-b-c"})
+    long = cell_key({**params, **{f"P{i}": 0.123456 for i in range(12)}})
+    assert len(long) <= 100 and long == cell_key({**params, **{f"P{i}": 0.123456 for i in range(12)}})
+    assert [c.key for c in expand(PAPER)] == [c.key for c in expand(PAPER)]
+
+
+def test_summary_refuses_to_average_different_settings():
+    table = pd.DataFrame({"dataset": "d", "recipe": "re-m3dr", "model": "fusion", "seed": [0, 1, 0],
+                          "groups": ["t1;s", "t1", "s"], "GAMMA_BASE": [1.5, 1.5, 3.0], "profile": "smoke",
+                          "epochs": 1, "test_r2": [0.2, 0.4, 0.5]})
+    with pytest.raises(ValueError, match="GAMMA_BASE"):
+        summarize(table)
+    by_gamma = summarize(table, by=("recipe", "model", "GAMMA_BASE"))
+    assert by_gamma["seeds"].tolist() == [2, 1] and by_gamma["test_r2_mean"].tolist() == pytest.approx([0.3, 0.5])
+    parts = group_summaries(table)
+    assert list(parts) == ["t1", "s"] and parts["t1"]["seeds"].tolist() == [2]
+    assert parts["s"].index.names == ["recipe", "model", "GAMMA_BASE"]
+
+
+@pytest.mark.slow
+def test_sweep_runs_cells_in_parallel_resumes_and_reports_failures(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    grid = grid_file(tmp_path, MINI)
+    folder = tmp_path / "outputs" / "sweep-mini"
+    with pytest.raises(SweepError, match=BROKEN) as failure:
+        run_sweep(grid, folder, profile="smoke", workers=2, progress=False)
+    assert list(failure.value.failed) == [BROKEN]
+    error = (folder / "cells" / BROKEN / "error.txt").read_text()
+    assert BROKEN in error and "lr > 0" in error and not (folder / "cells" / BROKEN / "results").exists()
+
+    # the finished cells survive the failure: the table holds exactly their recorded rows
+    table = pd.read_csv(folder / "results.csv")
+    assert table["cell"].tolist() == GOOD and table["model"].tolist() == ["fundus", "fusion"]
+    assert (table["groups"] == "main").all() and (table["profile"] == "smoke").all() and (table["epochs"] == 1).all()
+    assert (table["LR"] == 0.001).all()  # swept somewhere in the grid: a column at each cell's effective value
+    for key, row in zip(GOOD, table.itertuples()):
+        recorded = json.loads((folder / "cells" / key / "results" / "train_recipe.json").read_text())
+        assert recorded["parameters"]["PROFILE"] == "smoke" and len(recorded["rows"]) == 1
+        for column in ("test_r2", "test_mse", "test_mae", "few_mse", "val_r2", "best_epoch"):
+            assert getattr(row, column) == pytest.approx(recorded["rows"][0][column])
+        assert {"train_recipe.ipynb", "figures", "history.csv", "provenance.json"} <= {
+            p.name for p in (folder / "cells" / key).iterdir()}
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "results.parquet"), failure.value.table)
+    assert (folder / "grid.yaml").exists() and (folder / "provenance.json").exists()
+
+    # a rerun executes nothing and rewrites no result
+    results = {k: folder / "cells" / k / "results" / "train_recipe.json" for k in GOOD}
+    stamps = {k: os.stat(p).st_mtime_ns for k, p in results.items()}
+    again = run_sweep(grid, folder, profile="smoke", groups=["main"], progress=False)
+    assert again.attrs["executed"] == [] and sorted(again.attrs["skipped"]) == sorted(GOOD)
+    assert {k: os.stat(p).st_mtime_ns for k, p in results.items()} == stamps
+    with pytest.warns(UserWarning, match=BROKEN):  # collect names the cells it has no results for
+        pd.testing.assert_frame_equal(again, collect(folder))
+    # finished cells are never mixed with cells of other settings
+    with pytest.raises(ConfigError, match="EPOCHS 1 -> 2"):
+        run_sweep(grid, folder, profile="smoke", groups=["main"], overrides={"EPOCHS": 2}, progress=False)
+
+    # the command resumes the same folder and prints the summary
+    from remd_core.cli import main
+
+    capsys.readouterr()
+    assert main(["sweep", str(grid), "--profile", "smoke", "--groups", "main", "--run", "sweep-mini"]) == 0
+    out = capsys.readouterr().out
+    assert "all 2 cells finished earlier" in out and "naive-fusion" in out and "results.csv" in out
+    assert {k: os.stat(p).st_mtime_ns for k, p in results.items()} == stamps
