@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip warns about every registry mirror folder that lacks a package; keep the log readable
 PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: install run test lab bench-data clean-cache
+.PHONY: install run test notebooks lab bench-data bench clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -19,17 +19,28 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the notebook pipeline 00-04 at the cpu profile on the embedded synthetic data (about 15 min here)
 run: install
-	$(PY) -m remd_core baselines
+	$(PY) -m remd_core run --profile cpu
 
+# unit tests, then every notebook under nbval at the smoke profile (notebooks/conftest.py): cells
+# marked NBVAL_CHECK_OUTPUT must reproduce their committed outputs, all others must run
 test: install
-	$(PY) -m pytest -n 2 --dist loadscope --durations=10
+	$(PY) -m pytest -n 2 --dist loadscope --durations=10 --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with notebooks/nbval_sanitize.cfg tests notebooks
+
+# re-execute the committed notebooks at the smoke profile after changing them or the library
+notebooks: install
+	$(PY) -m remd_core.notebook_refresh
 
 lab: install
 	$(PY) -m jupyter lab --notebook-dir=notebooks
 
 bench-data: install
 	$(PY) benchmarks/generate_default.py
+
+bench: install
+	$(PY) benchmarks/bench_steps.py
 
 clean-cache:
 	rm -rf outputs/cache

@@ -20,7 +20,7 @@ from . import data
 from .config import ConfigError
 from .models import EncoderConfig
 from .notebook_runner import PROFILES
-from .paths import outputs_dir
+from .paths import display_path, outputs_dir
 from .trainer import TrainConfig
 
 DEFAULT_PROFILE = "cpu"
@@ -55,16 +55,8 @@ def setup(namespace: dict) -> pd.Series:
     import plotly.io as pio
 
     pio.renderers.default = "plotly_mimetype"
-    shown = {k: _under_outputs(namespace[k]) if k.endswith("_DIR") else namespace[k] for k in params}
+    shown = {k: display_path(namespace[k]) if k.endswith("_DIR") else namespace[k] for k in params}
     return pd.Series(shown, name="parameters", dtype=object)
-
-
-def _under_outputs(path) -> str:
-    """A folder shown relative to the outputs root, so displayed parameters name no machine path."""
-    try:
-        return str(Path("outputs") / Path(path).resolve().relative_to(outputs_dir().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def scale_label(namespace: dict) -> str:

@@ -1,10 +1,11 @@
 """The committed notebooks carry the outputs of a ``smoke`` run, which nbval compares in CI.
 
 ``refresh`` executes a notebook in place at the ``smoke`` profile (one thread, outputs to a
-temporary folder), strips what churns between runs (execution counts, widget views whose state is
-not saved, memory addresses) and stamps the notebook with a hash of its code cells. ``problems``
-lists what is wrong with a committed notebook: code changed since its outputs were made (stale),
-execution counts, memory addresses or machine paths in outputs. ``make notebooks`` refreshes them
+temporary folder), strips what churns between runs (widget views whose state is not saved, memory
+addresses), numbers the code cells 1, 2, 3, ... (nbval needs counts on cells with outputs; a fixed
+numbering never churns) and stamps the notebook with a hash of its code cells. ``problems`` lists
+what is wrong with a committed notebook: code changed since its outputs were made (stale), counts
+out of sequence, memory addresses or machine paths in outputs. ``make notebooks`` refreshes them
 all; ``tests/test_notebooks.py`` fails on any problem.
 """
 
@@ -48,16 +49,18 @@ def clean(nb) -> None:
     """Remove run-to-run churn in place."""
     nb.metadata.pop("widgets", None)
     nb.metadata.pop("papermill", None)
+    count = 0
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("papermill", None)
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
+        count += 1
+        cell.execution_count = count
         kept = []
         for output in cell.outputs:
             if "execution_count" in output:
-                output.execution_count = None
+                output.execution_count = count
             data = output.get("data")
             if data is not None:
                 if WIDGET_VIEW in data:
@@ -106,11 +109,13 @@ def problems(path: Path) -> list[str]:
     stamp = nb.metadata.get(STAMP, {})
     if stamp.get("source_hash") != source_hash(nb):
         found.append("outputs are stale: code cells changed since the last `make notebooks`")
+    count = 0
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        if cell.execution_count is not None:
-            found.append(f"cell {i}: execution count {cell.execution_count}")
+        count += 1
+        if cell.execution_count != count:
+            found.append(f"cell {i}: execution count {cell.execution_count}, expected {count}")
         for output in cell.outputs:
             if output.get("output_type") == "error":
                 found.append(f"cell {i}: an error output")

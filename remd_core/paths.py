@@ -40,3 +40,12 @@ def write_json(path: Path, payload, indent: int | None = None) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=indent, default=float))
     tmp.replace(path)
+
+
+def display_path(path) -> str:
+    """``path`` as ``outputs/...`` when it lies under the outputs root, so printed messages and
+    notebook outputs name no machine path; unchanged otherwise."""
+    try:
+        return str(Path("outputs") / Path(path).resolve().relative_to(outputs_dir().resolve()))
+    except ValueError:
+        return str(path)

@@ -56,7 +56,7 @@ import yaml
 from . import compare
 from .config import ConfigError
 from .notebook_runner import NOTEBOOK_DIR, notebook_parameters, resolve_parameters
-from .paths import REPO_ROOT, write_json
+from .paths import REPO_ROOT, display_path, write_json
 from .provenance import write as write_provenance
 
 SWEEP_DIR = REPO_ROOT / "sweeps"
@@ -464,12 +464,12 @@ def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu",
     if pending:
         if progress:
             tqdm.write(f"sweep {grid.name}: {len(cells)} cells, {len(skipped)} finished earlier (skipped), "
-                       f"{len(pending)} to run on {n} worker(s) x {_threads(n)} thread(s); folder {folder}")
+                       f"{len(pending)} to run on {n} worker(s) x {_threads(n)} thread(s); folder {display_path(folder)}")
         for cell in pending:  # each executed cell records where it came from
             (folder / "cells" / cell.key / "provenance.json").write_text(provenance.read_text())
         executed, failed = _execute(grid, schedule(pending), plans, folder, n, progress)
     elif progress:
-        tqdm.write(f"sweep {grid.name}: all {len(cells)} cells finished earlier; nothing to run ({folder})")
+        tqdm.write(f"sweep {grid.name}: all {len(cells)} cells finished earlier; nothing to run ({display_path(folder)})")
     with warnings.catch_warnings(record=True) as caught:  # said here, in this run's terms
         warnings.simplefilter("always")
         table = collect(folder)

@@ -105,7 +105,7 @@ def test_refresh_checks_catch_stale_outputs_counts_addresses_and_paths(tmp_path)
     assert any("execution count" in p for p in found) and any("memory address" in p for p in found)
     assert any("/tmp/abc" in p for p in found) and not any("stale" in p for p in found)
     clean(nb)
-    assert nb.cells[0].execution_count is None and len(nb.cells[0].outputs) == 2  # widget view dropped
+    assert nb.cells[0].execution_count == 1 and len(nb.cells[0].outputs) == 2  # widget view dropped
     assert "0x7f3a2b" not in nb.cells[0].outputs[0]["data"]["text/plain"]
     nb.cells[0].source = "x = 2\nx"
     nbformat.write(nb, path)

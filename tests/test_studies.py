@@ -90,7 +90,7 @@ def test_landscape_table_centre_is_the_trained_loss_and_parameters_are_restored(
                                               hessian_iters=3, batch=16)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
-    direct = float(fixed_batch_loss(model.eval(), dataset.train, mean, std, size=16)(model))
+    direct = float(fixed_batch_loss(model.eval(), dataset.train, mean, std, size=16)(model).detach())
     assert summary.loc["m", "loss_at_minimum"] == pytest.approx(direct, rel=1e-6)
     assert list(slices["alpha"]) == [-0.5, 0.0, 0.5]
     assert summary.loc["m", "slice_sharpness"] == pytest.approx(slices["loss"].mean() - direct, rel=1e-6)
