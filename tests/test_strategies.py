@@ -299,3 +299,23 @@ def test_mmpareto_zero_update_stays_zero_instead_of_nan():
     out, _ = MMPareto(MMParetoConfig())._encoder_step(zero, [torch.zeros(3), -torch.ones(2)])
     assert all(torch.isfinite(t).all() for t in out)
     assert torch.equal(out[0], torch.zeros(3))
+
+
+def test_adam_cancels_a_constant_scale_of_sgm_gamma_and_sgd_does_not():
+    """A finding, not a property we chose: SGM's gamma rescales the shared-encoder gradient, and Adam
+    divides each parameter's update by the running RMS of its own gradient, so multiplying
+    gamma_base, gamma_min and gamma_max by one factor leaves Adam's trajectory unchanged (up to
+    Adam's eps and rounding). The paper trains with Adam (section 5.1) and reports sensitivity to
+    gamma (Fig. 6): under Adam only gamma's variation over time can matter. Under SGD the scale is
+    the step size."""
+    def final_params(factor, make_optimizer):
+        model, inputs, y = make_problem()
+        strategy = SGM(SGMConfig(gamma_base=1.5 * factor, gamma_min=0.5 * factor, gamma_max=5.0 * factor))
+        train(strategy, model, inputs, y, steps=6, optimizer=make_optimizer(model.parameters()))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    def moved(make_optimizer):
+        return (final_params(1.0, make_optimizer) - final_params(2.0, make_optimizer)).abs().max().item()
+
+    adam, sgd = moved(lambda p: torch.optim.Adam(p, lr=1e-2)), moved(lambda p: torch.optim.SGD(p, lr=1e-2))
+    assert adam < 1e-4 and sgd > 100 * adam, (adam, sgd)
