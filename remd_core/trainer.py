@@ -17,6 +17,12 @@ The regression loss is MSE by default; the paper's SMAPE + R^2 combination is
 default here). The paper uses Adam, batch 8 and ResNet34; the CPU defaults are AdamW (weight decay
 1e-4), batch 16, cosine learning-rate decay and a ResNet18 of width 0.25.
 
+On CUDA the model runs in bf16 autocast and channels-last memory format, and batches reach the
+device through pinned memory with non-blocking copies. ``compile=True`` wraps each encoder with
+``torch.compile`` (``nn.Module.compile``, so parameter names and saved encoders are unchanged); it
+is off by default: compilation takes minutes, and on this workbench's small CPU models it has not
+been shown to pay (``benchmarks/bench_steps.py --compile`` measures it).
+
 Everything else is shared: seeded and deterministic on CPU, bf16 autocast on CUDA, a progress
 bar, validation every epoch, best-epoch selection on validation R^2, a per-step history (every
 head's loss, every strategy log) and a per-epoch history as DataFrames. A non-finite loss or
@@ -41,7 +47,7 @@ from .data.format import MultimodalDataset, MultimodalSplit
 from .losses import am_supcon_loss, margin_schedule, regression_loss
 from .models import EncoderConfig, MultimodalRegressor
 from .optim import Losses, NonFiniteError, build_strategy
-from .transforms import prepare_inputs
+from .transforms import prepare_inputs, to_device
 
 SUBSETS = ("all", "head", "tail", "few")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -78,6 +84,7 @@ class TrainConfig:
     temperature: float = 0.07
     init_encoders: dict = field(default_factory=dict)
     eval_batch_size: int = 64
+    compile: bool = False
 
     def __post_init__(self):
         if isinstance(self.encoder, dict):
@@ -190,6 +197,9 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True) 
     load_encoders(model, config.init_encoders)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        for encoder in model.encoders.values():
+            encoder.compile()
     extra = {"generator": torch.Generator().manual_seed(config.seed + 1)} if config.strategy == "ogm_ge" else {}
     strategy = build_strategy(config.strategy, config.strategy_options, **extra).bind(model)
     optimizer = build_optimizer(model, config)
@@ -210,7 +220,7 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True) 
         logs = []
         for batch in train.batches(config.batch_size, shuffle=True, generator=generator, drop_last=len(train) > config.batch_size):
             inputs = prepare_inputs(batch, modalities, kinds, config.augment, generator, device)
-            target = ((batch["y"] - mean) / std).to(device, non_blocking=True)
+            target = to_device((batch["y"] - mean) / std, device)
             margin = _margin(config, step)
 
             def compute(inputs=inputs, target=target, margin=margin):

@@ -12,12 +12,16 @@ STRATEGIES = {cls.name: cls for cls in (Joint, SGM, MMPareto, OGMGE)}
 
 
 def build_strategy(name: str, options: dict | None = None, **kwargs) -> Strategy:
-    """A strategy by name with validated options (unknown keys are an error)."""
+    """A strategy by name with validated options (unknown keys are an error). Besides
+    ``STRATEGIES`` it builds the straightforward reference implementations of
+    ``remd_core.optim.reference`` (``mmpareto_reference``, ``sgm_reference``), which are kept out of
+    the user-facing list."""
     from ..config import from_dict
+    from .reference import REFERENCE_STRATEGIES
 
-    if name not in STRATEGIES:
+    if name not in STRATEGIES and name not in REFERENCE_STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
-    cls = STRATEGIES[name]
+    cls = STRATEGIES.get(name) or REFERENCE_STRATEGIES[name]
     return cls(from_dict(cls.Config, options or {}, context=f"strategy {name!r}"), **kwargs)
 
 

@@ -17,6 +17,11 @@ branch. Kernels are found by type (every ``Conv*d`` weight of an encoder), not b
 name-splitting, which silently matches nothing without a DataParallel prefix. Vector encoders
 (MLPs) have no convolutions: with ``modulate="conv"`` they are left alone; ``modulate="all"``
 modulates every weight matrix (dim > 1) instead.
+
+The noise is drawn on the gradients' device, so a step copies nothing from the host. On CPU it
+comes from ``generator`` (as before). On another device a generator there is seeded once from
+``generator`` at first use (one host read, never again) and saved with the state; without a
+``generator``, the device's default stream of random numbers is used.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class OGMGE(Strategy):
     def __init__(self, config=None, check_finite: bool = True, generator: torch.Generator | None = None):
         super().__init__(config, check_finite)
         self.generator = generator
+        self.device_generator: torch.Generator | None = None
 
     def _modulated(self, encoder: nn.Module):
         if self.config.modulate == "all":
@@ -88,19 +94,31 @@ class OGMGE(Strategy):
                 logs[f"score_{m}"], logs[f"coeff_{m}"] = scores[names.index(m)], k
                 if not active:
                     continue
-                for p in self._modulated(self.model.encoders[m]):
-                    if p.grad is None:
-                        continue
-                    p.grad.mul_(k)
-                    if cfg.noise:
-                        noise = torch.randn(p.grad.shape, generator=self.generator, device="cpu").to(p.grad.device)
-                        p.grad.add_(noise * p.grad.std())
+                grads = [p.grad for p in self._modulated(self.model.encoders[m]) if p.grad is not None]
+                if not grads:
+                    continue
+                torch._foreach_mul_(grads, k)
+                if cfg.noise:  # N(0, std(grad)) per tensor, drawn in the order of the tensors
+                    generator = self._generator_on(grads[0].device)
+                    for g in grads:
+                        g.add_(torch.randn(g.shape, generator=generator, device=g.device).mul_(g.std()))
         return logs
+
+    def _generator_on(self, device: torch.device) -> torch.Generator | None:
+        """``generator`` on CPU; elsewhere a generator on that device, seeded once from it."""
+        if device.type == "cpu" or self.generator is None:
+            return self.generator
+        if self.device_generator is None or self.device_generator.device != device:
+            seed = int(torch.randint(0, 2**62, (), generator=self.generator))
+            self.device_generator = torch.Generator(device).manual_seed(seed)
+        return self.device_generator
 
     def state_dict(self):
         state = super().state_dict()
         if self.generator is not None:
             state["generator"] = self.generator.get_state()
+        if self.device_generator is not None:
+            state["device_generator"] = (str(self.device_generator.device), self.device_generator.get_state())
         return state
 
     def load_state_dict(self, state):
@@ -108,3 +126,7 @@ class OGMGE(Strategy):
         if "generator" in state:
             self.generator = self.generator or torch.Generator()
             self.generator.set_state(state["generator"])
+        if "device_generator" in state:
+            device, rng_state = state["device_generator"]
+            self.device_generator = torch.Generator(device)
+            self.device_generator.set_state(rng_state)
