@@ -6,7 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # pip warns about every registry mirror folder that lacks a package; keep the log readable
-PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
+# (in braces, so that the pipeline's status stays the command's under pipefail)
+PIP_FILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
+# each notebook kernel warns that it talks to papermill over local TCP
+KERNEL_FILTER := { grep -v -e "Kernel is running over TCP without encryption" || true; }
 
 .PHONY: install run test notebooks lab bench-data bench clean-cache
 
@@ -21,7 +24,7 @@ install: $(STAMP)
 
 # the notebook pipeline 00-04 at the cpu profile on the embedded synthetic data (about 15 min here)
 run: install
-	$(PY) -m remd_core run --profile cpu
+	$(PY) -m remd_core run --profile cpu 2>&1 | $(KERNEL_FILTER)
 
 # unit tests, then every notebook under nbval at the smoke profile (notebooks/conftest.py): cells
 # marked NBVAL_CHECK_OUTPUT must reproduce their committed outputs, all others must run

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -84,7 +85,10 @@ def run_notebooks(profile: str = "cpu", run: str | None = None, names: list[str]
     folder.mkdir(parents=True, exist_ok=True)
     plans = {p: resolve_parameters(p, profile, overrides or {}, folder) for p in notebooks}  # fail before running
     write_provenance(folder, {"profile": profile, "notebooks": [p.name for p in notebooks], "overrides": overrides})
-    for path, params in plans.items():
+    for i, (path, params) in enumerate(plans.items(), 1):
+        print(f"[{i}/{len(plans)}] {path.name} at the {profile} profile ...", end=" ", flush=True)
+        start = time.perf_counter()
         papermill.execute_notebook(str(path), str(folder / path.name), parameters=params, kernel_name="python3",
                                    cwd=str(path.parent), progress_bar=False)
+        print(f"{time.perf_counter() - start:.0f} s", flush=True)
     return folder
