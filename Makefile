@@ -37,7 +37,7 @@ notebooks: install
 	$(PY) -m remd_core.notebook_refresh
 
 lab: install
-	$(PY) -m jupyter lab --notebook-dir=notebooks
+	$(PY) -m jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench-data: install
 	$(PY) benchmarks/generate_default.py

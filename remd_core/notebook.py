@@ -11,6 +11,7 @@ any scale under ``remd run --profile``, which passes the profile's values explic
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,9 +53,11 @@ def setup(namespace: dict) -> pd.Series:
         namespace["RUN_DIR"] = str(outputs_dir() / "interactive")
     Path(namespace["RUN_DIR"]).mkdir(parents=True, exist_ok=True)
 
-    import plotly.io as pio
+    with warnings.catch_warnings():  # kaleido 0.2.1 sets options plotly 6 deprecates (see pyproject.toml)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import plotly.io as pio
 
-    pio.renderers.default = "plotly_mimetype"
+        pio.renderers.default = "plotly_mimetype"
     shown = {k: display_path(namespace[k]) if k.endswith("_DIR") else namespace[k] for k in params}
     return pd.Series(shown, name="parameters", dtype=object)
 

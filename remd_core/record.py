@@ -8,6 +8,7 @@ be read without a kernel.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +38,9 @@ def save_figure(fig, name: str, run_dir: str | Path = "") -> list[Path]:
     if hasattr(fig, "write_html"):
         html = folder / f"{name}.html"
         fig.write_html(html, include_plotlyjs=True, full_html=True)
-        fig.write_image(png, scale=2)
+        with warnings.catch_warnings():  # kaleido 0.2.1 uses settings plotly 6 deprecates (see pyproject.toml)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            fig.write_image(png, scale=2)
         return [png, html]
     fig.savefig(png, dpi=110, bbox_inches="tight")
     return [png]

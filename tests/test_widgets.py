@@ -47,8 +47,7 @@ def test_slider_changes_redraw_in_a_real_kernel():
 
     manager, client = start_new_kernel(kernel_name="python3")
     try:
-        def run(code):
-            msg_id = client.execute(code)
+        def outputs_of(msg_id):
             images, texts = 0, []
             while True:
                 msg = client.get_iopub_msg(timeout=60)
@@ -64,12 +63,22 @@ def test_slider_changes_redraw_in_a_real_kernel():
                 if kind == "status" and content["execution_state"] == "idle":
                     return images, texts
 
+        def run(code):
+            return outputs_of(client.execute(code))
+
+        def move_slider(model_id, value):  # the message the frontend sends when a slider moves
+            msg = client.session.msg("comm_msg", {"comm_id": model_id, "data": {
+                "method": "update", "state": {"value": value}, "buffer_paths": []}})
+            client.shell_channel.send(msg)
+            return outputs_of(msg["header"]["msg_id"])[0]
+
         images, _ = run("import numpy as np\nfrom remd_core.widgets import show_margin_widget, show_gamma_widget\n"
                         "m = show_margin_widget(np.linspace(-1, 1, 8), total_steps=2000)")
         assert images >= 1  # the static rendering of the defaults
-        images, texts = run("m.children[0].value = 0.8\nm.children[3].value = 1100\n"
-                            "round(m.latest['margin'], 6), m.latest['positives']")
-        assert images == 2  # one redraw per slider move
+        _, (ids,) = run("m.children[0].model_id, m.children[3].model_id")
+        m0_slider, step_slider = eval(ids)
+        assert move_slider(m0_slider, 0.8) == 1 and move_slider(step_slider, 1100) == 1  # one redraw per move
+        _, texts = run("round(m.latest['margin'], 6), m.latest['positives']")
         margin = 0.8 * np.exp(-0.0005 * (1100 - 100))
         gaps = np.abs(np.subtract.outer(np.linspace(-1, 1, 8), np.linspace(-1, 1, 8)))
         assert texts == [repr((round(float(margin), 6), int(((gaps < margin) & (gaps > 0)).sum())))]
