@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 
@@ -21,7 +20,8 @@ from . import data
 from .config import ConfigError
 from .models import EncoderConfig
 from .notebook_runner import PROFILES
-from .paths import display_path, outputs_dir
+from .paths import display_path
+from .record import run_folder
 from .trainer import TrainConfig
 
 DEFAULT_PROFILE = "cpu"
@@ -49,9 +49,7 @@ def setup(namespace: dict) -> pd.Series:
                 raise ConfigError(f"parameter {name} is None and profile {profile!r} has no value for it; "
                                   f"the profile sets {sorted(values)}")
             namespace[name] = values[name]
-    if not namespace.get("RUN_DIR"):
-        namespace["RUN_DIR"] = str(outputs_dir() / "interactive")
-    Path(namespace["RUN_DIR"]).mkdir(parents=True, exist_ok=True)
+    namespace["RUN_DIR"] = str(run_folder(namespace.get("RUN_DIR", "")))
 
     with warnings.catch_warnings():  # kaleido 0.2.1 sets options plotly 6 deprecates (see pyproject.toml)
         warnings.simplefilter("ignore", DeprecationWarning)

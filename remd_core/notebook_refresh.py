@@ -26,6 +26,13 @@ ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:tmp|home|root|work|Users|var/folders|private)/[^\s'\"<>]*")
 
 
+def committed_notebooks() -> list[Path]:
+    """The notebooks whose outputs are committed: the ordered ones and the sweep's cell notebooks."""
+    from .notebook_runner import NOTEBOOK_DIR, ordered_notebooks
+
+    return ordered_notebooks() + sorted((NOTEBOOK_DIR / "cells").glob("*.ipynb"))
+
+
 def source_hash(nb) -> str:
     """SHA-256 of the code cells' sources, in order: what the outputs were computed from."""
     digest = hashlib.sha256()
@@ -132,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     (default: all of them, the ordered ones and the sweep's cell notebook)."""
     import sys
 
-    from .notebook_runner import NOTEBOOK_DIR, ordered_notebooks
+    from .notebook_runner import NOTEBOOK_DIR
 
     names = sys.argv[1:] if argv is None else argv
-    paths = ordered_notebooks() + sorted((NOTEBOOK_DIR / "cells").glob("*.ipynb"))
+    paths = committed_notebooks()
     if names:
         paths = [p for p in paths if p.stem in names or p.stem.split("_", 1)[0] in names]
     for path in paths:

@@ -4,6 +4,7 @@ import nbformat
 import pytest
 
 from remd_core.config import ConfigError
+from remd_core.notebook_refresh import committed_notebooks
 from remd_core.notebook_runner import NOTEBOOK_DIR, PROFILES, notebook_parameters, ordered_notebooks, resolve_parameters, run_notebooks
 
 
@@ -78,11 +79,7 @@ def test_setup_fills_none_parameters_from_the_profile_named_or_in_the_environmen
         setup({"PROFILE": "laptop"})
 
 
-def _committed_notebooks():
-    return ordered_notebooks() + sorted((NOTEBOOK_DIR / "cells").glob("*.ipynb"))
-
-
-@pytest.mark.parametrize("path", _committed_notebooks(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", committed_notebooks(), ids=lambda p: p.name)
 def test_committed_notebook_outputs_are_fresh_and_clean(path):
     from remd_core.notebook_refresh import problems
 

@@ -20,9 +20,10 @@ import torch
 from remd_core.data.format import DatasetSpec, ModalitySpec
 from remd_core.models import EncoderConfig, MultimodalRegressor
 from remd_core.optim import (MMPareto, MMParetoConfig, OGMGE, OGMGEConfig, SGM, SGMConfig, STRATEGIES, Joint,
-                             JointConfig, Losses, build_strategy, min_norm_2)
+                             JointConfig, build_strategy, min_norm_2)
 from remd_core.optim.reference import (REFERENCE_STRATEGIES, MMParetoReference, SGMReference, official_min_norm_2)
 from remd_core.paths import REPO_ROOT
+from strategy_helpers import closure, make_conflict
 
 SPEC = DatasetSpec("img", (ModalitySpec("fundus", "image", (3, 16, 16)), ModalitySpec("oct", "volume", (2, 16, 16))))
 TOL = dict(rtol=1e-9, atol=1e-12)
@@ -38,27 +39,6 @@ def make_problem(seed=0, n=8, dtype=torch.float64):
     y = torch.randn(n, generator=g, dtype=dtype)
     return model, inputs, y
 
-
-def make_conflict(model):
-    """Fusion head = minus half the unimodal heads: with a target far above every prediction the
-    fused and unimodal losses pull each encoder in opposite directions."""
-    with torch.no_grad():
-        start = 0
-        for m in model.modalities:
-            width = model.heads[m].weight.shape[1]
-            model.fusion_head.weight[:, start:start + width] = -0.5 * model.heads[m].weight
-            model.heads[m].bias.zero_()
-            start += width
-        model.fusion_head.bias.zero_()
-
-
-def closure(model, inputs, y):
-    def compute():
-        out = model(inputs)
-        mse = torch.nn.functional.mse_loss
-        return Losses(fused=mse(out["fused"], y), unimodal={m: mse(p, y) for m, p in out["unimodal"].items()},
-                      outputs={**out, "target": y})
-    return compute
 
 
 def train(strategy, model, inputs, y, steps=8):

@@ -9,9 +9,10 @@ import torch
 
 from remd_core.data.format import DatasetSpec, ModalitySpec
 from remd_core.models import EncoderConfig, MultimodalRegressor
-from remd_core.optim import (MMPareto, MMParetoConfig, OGMGE, OGMGEConfig, SGM, SGMConfig, Joint, JointConfig, Losses,
+from remd_core.optim import (MMPareto, MMParetoConfig, OGMGE, OGMGEConfig, SGM, SGMConfig, Joint, JointConfig,
                              NonFiniteError, build_strategy)
 from remd_core.optim.ogm_ge import modulation_coefficients
+from strategy_helpers import closure, make_conflict
 
 SPEC = DatasetSpec("toy", (ModalitySpec("a", "vector", (6,)), ModalitySpec("b", "vector", (4,))))
 STRATEGIES = {
@@ -32,14 +33,6 @@ def make_problem(seed=0, n=64):
     model = MultimodalRegressor(SPEC, encoder=EncoderConfig(mlp_hidden=16), projection_dim=8)
     return model, {"a": xa, "b": xb}, y
 
-
-def closure(model, inputs, y):
-    def compute():
-        out = model(inputs)
-        mse = torch.nn.functional.mse_loss
-        return Losses(fused=mse(out["fused"], y), unimodal={m: mse(p, y) for m, p in out["unimodal"].items()},
-                      outputs={**out, "target": y})
-    return compute
 
 
 def train(strategy, model, inputs, y, steps, start=0, optimizer=None):
@@ -107,18 +100,6 @@ def test_sgm_leaves_aligned_gradients_alone_at_gamma_one_and_scales_them_with_ga
     for k, g in _head_grads(plain).items():
         torch.testing.assert_close(two[k], g)
 
-
-def make_conflict(model):
-    """Fusion head = minus the unimodal heads and a target far above every prediction: the fused and
-    unimodal losses pull every encoder in opposite directions (cosine about -1)."""
-    with torch.no_grad():
-        start = 0
-        for m in model.modalities:
-            width = model.heads[m].weight.shape[1]
-            model.fusion_head.weight[:, start:start + width] = -0.5 * model.heads[m].weight
-            model.heads[m].bias.zero_()
-            start += width
-        model.fusion_head.bias.zero_()
 
 
 def test_sgm_reweights_conflicting_gradients_with_min_norm():
