@@ -121,7 +121,8 @@ from remd_core.losses import regression_loss
 from remd_core.models import EncoderConfig, MultimodalRegressor
 from remd_core.optim import Losses, build_strategy
 from remd_core.optim.strategy import frozen_batchnorm_stats
-from remd_core.paths import REPO_ROOT, outputs_dir, write_json
+from remd_core.files import write_json
+from remd_core.paths import REPO_ROOT, outputs_dir
 from remd_core.provenance import git_revision
 from remd_core.trainer import resolve_device
 from remd_core.transforms import prepare_inputs, to_device

@@ -7,6 +7,7 @@ rerun with the same ``--run`` skips finished cells, so an interrupted run loses 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -15,11 +16,11 @@ from datetime import datetime
 import yaml
 
 from . import data
-from .config import from_dict
+from .config import ConfigError, from_dict
 from .compare import compare, summarize
 from .figures import compare_figure
 from .models import EncoderConfig
-from .paths import outputs_dir
+from .paths import display_path, outputs_dir
 from .provenance import write as write_provenance
 from .recipes import FUSION_RECIPES
 from .trainer import TrainConfig
@@ -48,9 +49,14 @@ def cmd_compare(args) -> int:
     dataset = data.load(args.dataset, **parse_assignments(args.data))
     recipes = args.recipes.split(",") if args.recipes else None
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.resume and not args.run:
+        raise SystemExit(f"remd {args.command}: --resume needs the run to continue (--run NAME)")
     run = args.run or f"{args.command}-{dataset.name}-{datetime.now():%Y%m%d-%H%M%S}"
     folder = outputs_dir() / run
+    if args.resume and not (folder / "cells").is_dir() and not (folder / "checkpoints").is_dir():
+        raise SystemExit(f"remd {args.command}: nothing to resume in {display_path(folder)}")
     folder.mkdir(parents=True, exist_ok=True)
+    args.resume_command = resume_command(args, run)
     base = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        encoder=from_dict(EncoderConfig, parse_assignments(args.encoder), context="--encoder"),
                        **parse_assignments(args.train))
@@ -58,7 +64,8 @@ def cmd_compare(args) -> int:
     write_provenance(folder, {"command": sys.argv, "dataset": dataset.name, "data_config": asdict(dataset.config),
                               "train_config": asdict(base), "seeds": seeds})
     start = time.perf_counter()
-    results = compare(dataset, recipes, seeds, base, folder, progress=not args.quiet)
+    results = compare(dataset, recipes, seeds, base, folder, progress=not args.quiet,
+                      checkpoint_every=args.checkpoint_every)
     summary = summarize(results)
     columns = [c for c in ("seeds", "test_r2_mean", "test_r2_std", "test_mse_mean", "test_mse_std", "test_mae_mean",
                            "test_mae_std", "few_mse_mean") if c in summary]
@@ -76,13 +83,18 @@ def cmd_run(args) -> int:
     from .notebook_runner import run_notebooks
 
     names = args.notebooks.split(",") if args.notebooks else None
-    folder = run_notebooks(args.profile, args.run, names, parse_assignments(args.set))
+    args.run = args.run or f"notebooks-{args.profile}-{datetime.now():%Y%m%d-%H%M%S}"
+    args.resume_command = resume_command(args, args.run)
+    try:
+        folder = run_notebooks(args.profile, args.run, names, parse_assignments(args.set), resume=args.resume)
+    except ConfigError as err:  # found before any notebook ran
+        print(f"remd run: {err}", file=sys.stderr)
+        return 2
     print(f"executed notebooks, figures and results: {folder}")
     return 0
 
 
 def cmd_sweep(args) -> int:
-    from .config import ConfigError
     from .sweep import SweepError, group_summaries, load_grid, run_sweep, select_groups
 
     start = time.perf_counter()
@@ -92,6 +104,7 @@ def cmd_sweep(args) -> int:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         groups = args.groups.split(",") if args.groups else None
         folder = outputs_dir() / (args.run or f"sweep-{grid.name}")
+        args.resume_command = resume_command(args, folder.name, flag=False)
         table = run_sweep(grid, folder, args.profile, seeds, groups, parse_assignments(args.set), args.workers)
     except SweepError as err:
         table, failure = err.table, err
@@ -135,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--batch-size", type=int, default=16)
         b.add_argument("--lr", type=float, default=1e-3)
         b.add_argument("--run", default=None, help="run folder name under outputs/ (reuse it to resume)")
+        b.add_argument("--resume", action="store_true",
+                       help="continue the run named by --run: finished cells are kept, the others resume from their "
+                            "checkpoints")
+        b.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                       help="also checkpoint every N steps (default: at epoch ends only)")
         b.add_argument("--quiet", action="store_true", help="no progress bars")
         b.set_defaults(func=cmd_compare)
     r = sub.add_parser("run", help="execute the ordered notebooks headlessly with papermill")
@@ -142,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--notebooks", default=None, help="comma-separated names or numbers (default: all, in order)")
     r.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="notebook parameter overrides")
     r.add_argument("--run", default=None, help="run folder name under outputs/")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run named by --run: skip the notebooks it executed, run the others")
     r.set_defaults(func=cmd_run)
     w = sub.add_parser("sweep", help="run a grid of notebook cells (recipes x seeds x parameters), collect one table")
     w.add_argument("grid", help="grid file (sweeps/paper.yaml) or the name of one in sweeps/")
@@ -157,6 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_command(args, run: str, flag: bool = True) -> str:
+    """The command line that continues this one: the same arguments, ``--run`` naming its folder
+    and (for compare and run) ``--resume``."""
+    argv = list(args.argv)
+    if "--run" in argv:
+        del argv[argv.index("--run"):argv.index("--run") + 2]
+    argv = [a for a in argv if a != "--resume" and not a.startswith("--run=")]
+    return shlex.join(["remd", *argv, "--run", run, *(["--resume"] if flag else [])])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    args.argv, args.resume_command = argv, None
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: every file written so far is whole (remd_core.files)
+        print(f"\nremd {args.command}: interrupted. Finished work and the last checkpoints are kept"
+              + (f"; continue with:\n  {args.resume_command}" if args.resume_command else "."), file=sys.stderr,
+              flush=True)
+        return 130

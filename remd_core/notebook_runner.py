@@ -16,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 
 from .config import ConfigError
-from .paths import REPO_ROOT, outputs_dir
+from .files import read_json, write_json
+from .paths import REPO_ROOT, display_path, outputs_dir
 from .provenance import write as write_provenance
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -24,15 +25,20 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # The scale of a run. ``smoke``: seconds per notebook, for nbval in CI. ``cpu``: this 2-core
 # machine, the whole pipeline within 15 minutes (fewer epochs and one seed; full-scale tables come
 # from `remd sweep`). ``gpu``: the paper's scale (ResNet34, 224 px, 32 B-scans, 3 seeds).
+# ``PRECISION`` (``TrainConfig.precision``): the smoke profile trains in float64, so that the outputs
+# nbval checks to three decimals come out the same on every processor and thread count (float32
+# differs in the third decimal between an Intel and an AMD CPU); the others train as the trainer
+# decides ("auto": float32 on CPU, bf16 autocast on CUDA).
 PROFILES = {
     "smoke": {"N_EYES": 80, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 1, "SEEDS": [0], "WIDTH": 0.125,
               "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": False,
-              "WORKERS": 2},
+              "WORKERS": 2, "PRECISION": "float64"},
     "cpu": {"N_EYES": 700, "IMAGE_SIZE": 64, "N_BSCANS": 8, "EPOCHS": 8, "SEEDS": [0], "WIDTH": 0.25,
-            "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2},
+            "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
+            "PRECISION": "auto"},
     "gpu": {"N_EYES": 700, "IMAGE_SIZE": 224, "N_BSCANS": 32, "EPOCHS": 100, "SEEDS": [0, 1, 2], "WIDTH": 1.0,
             "ARCH": "resnet34", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": True,
-            "WORKERS": 1},
+            "WORKERS": 1, "PRECISION": "auto"},
 }
 
 
@@ -70,10 +76,27 @@ def resolve_parameters(path: Path, profile: str, overrides: dict, run_dir: Path)
     return params
 
 
-def run_notebooks(profile: str = "cpu", run: str | None = None, names: list[str] | None = None,
-                  overrides: dict | None = None) -> Path:
+def execute_notebook(path: Path, output: Path, params: dict) -> None:
+    """Execute ``path`` with papermill into ``output``. Papermill saves the notebook as it goes,
+    under ``<name>.running.ipynb``; it becomes ``output`` when the execution ends (a failed one
+    included, with its error), so a file under the final name is always a finished execution."""
     import papermill
 
+    running = output.with_name(f"{output.stem}.running.ipynb")
+    try:
+        papermill.execute_notebook(str(path), str(running), parameters=params, kernel_name="python3",
+                                   cwd=str(path.parent), progress_bar=False)
+    except papermill.PapermillExecutionError:
+        running.replace(output)
+        raise
+    running.replace(output)
+
+
+def run_notebooks(profile: str = "cpu", run: str | None = None, names: list[str] | None = None,
+                  overrides: dict | None = None, resume: bool = False) -> Path:
+    """Execute the ordered notebooks (or ``names``) at ``profile`` into ``outputs/<run>/``.
+    ``resume=True`` continues run folder ``run``: the notebooks it executed without error are
+    skipped (``run.json`` lists them), the others run; the profile and overrides must be the run's."""
     notebooks = ordered_notebooks()
     if names:
         chosen = [p for p in notebooks if p.stem in names or p.stem.split("_", 1)[0] in names]
@@ -81,14 +104,31 @@ def run_notebooks(profile: str = "cpu", run: str | None = None, names: list[str]
         if missing:
             raise ConfigError(f"no notebook named {missing}; there are {[p.stem for p in notebooks]}")
         notebooks = chosen
+    if resume and not run:
+        raise ConfigError("resuming needs the run folder to continue (--run NAME)")
     folder = outputs_dir() / (run or f"notebooks-{profile}-{datetime.now():%Y%m%d-%H%M%S}")
+    settings = {"profile": profile, "overrides": overrides or {}}
+    finished = []
+    if resume:
+        before = read_json(folder / "run.json", required=("profile", "overrides", "finished"))
+        if before is None:
+            raise ConfigError(f"nothing to resume in {display_path(folder)}: it holds no run of `remd run`")
+        finished = before.pop("finished")
+        if before != settings:
+            raise ConfigError(f"{display_path(folder)} was run with {before}, not {settings}; resume it with those")
     folder.mkdir(parents=True, exist_ok=True)
     plans = {p: resolve_parameters(p, profile, overrides or {}, folder) for p in notebooks}  # fail before running
+    write_json(folder / "run.json", {**settings, "finished": finished})
     write_provenance(folder, {"profile": profile, "notebooks": [p.name for p in notebooks], "overrides": overrides})
     for i, (path, params) in enumerate(plans.items(), 1):
-        print(f"[{i}/{len(plans)}] {path.name} at the {profile} profile ...", end=" ", flush=True)
+        if path.name in finished:
+            print(f"[{i}/{len(plans)}] {path.name}: executed earlier in this run, skipped", flush=True)
+            continue
+        # whole lines: a kernel's warnings on the same line would be filtered out with it (`make run`)
+        print(f"[{i}/{len(plans)}] {path.name} at the {profile} profile ...", flush=True)
         start = time.perf_counter()
-        papermill.execute_notebook(str(path), str(folder / path.name), parameters=params, kernel_name="python3",
-                                   cwd=str(path.parent), progress_bar=False)
-        print(f"{time.perf_counter() - start:.0f} s", flush=True)
+        execute_notebook(path, folder / path.name, params)
+        print(f"[{i}/{len(plans)}] {path.name} done in {time.perf_counter() - start:.0f} s", flush=True)
+        finished.append(path.name)
+        write_json(folder / "run.json", {**settings, "finished": finished})
     return folder

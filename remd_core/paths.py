@@ -6,7 +6,6 @@ path of any machine is written in code.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,16 +29,6 @@ def cache_dir() -> Path:
     path = outputs_dir() / "cache"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def write_json(path: Path, payload, indent: int | None = None) -> None:
-    """Write JSON through a temporary file and a rename, so an interrupted run never leaves a
-    half-written result that a resumed run would take as finished."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=indent, default=float))
-    tmp.replace(path)
 
 
 def display_path(path) -> str:

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from .files import write_text
 from .paths import REPO_ROOT
 
 PACKAGES = ("remd-core", "torch", "numpy", "pandas", "scipy", "matplotlib", "papermill", "plotly")
@@ -45,5 +46,5 @@ def record() -> dict:
 
 def write(folder: Path, extra: dict | None = None) -> Path:
     path = Path(folder) / "provenance.json"
-    path.write_text(json.dumps({**record(), **(extra or {})}, indent=2, default=str))
+    write_text(path, json.dumps({**record(), **(extra or {})}, indent=2, default=str))
     return path

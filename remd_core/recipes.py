@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.format import MultimodalDataset
-from .paths import write_json
+from .files import load_torch, read_json, write_json
 from .trainer import FitResult, TrainConfig, fit, save_encoders
 
 
@@ -100,22 +101,30 @@ def _locked(folder: Path):
 
 
 def stage1(dataset: MultimodalDataset, base: TrainConfig, kind: str, folder: Path,
-           progress: bool = True) -> tuple[dict[str, str], list[dict]]:
+           progress: bool = True, checkpoint_every: int = 0) -> tuple[dict[str, str], list[dict]]:
     """Train (or reuse) one encoder per modality (contrastive unless ``kind == "plain"``); returns
-    encoder paths and result rows."""
+    encoder paths and result rows. Training checkpoints go to ``<key>/checkpoints/<modality>``, so
+    an interrupted stage 1 continues where it stopped; they are removed once the encoder is saved.
+    A corrupt encoder or result file is reported and that encoder is trained again."""
     config = replace(base, strategy="joint", strategy_options={"unimodal_weight": 0.0}, contrastive=kind != "plain",
                      adaptive_margin=kind == "adaptive", init_encoders={})
     out = Path(folder) / _stage1_key(dataset, config, kind)
     paths, rows = {}, []
     with _locked(out):
         for modality in dataset.spec.modality_names:
-            done = out / f"{modality}.json"
-            if not done.exists():  # the encoders (written atomically) come before this marker
-                result = fit(dataset, replace(config, modalities=(modality,)), progress=progress)
+            marker, encoder = out / f"{modality}.json", out / f"{modality}.pt"
+            row = read_json(marker, required=("model", "test_r2")) if load_torch(encoder) is not None else None
+            if row is None:
+                marker.unlink(missing_ok=True)
+                checkpoints = out / "checkpoints" / modality
+                result = fit(dataset, replace(config, modalities=(modality,)), progress=progress,
+                             checkpoint_dir=checkpoints, resume=True, checkpoint_every=checkpoint_every)
                 save_encoders(result.model, out)
-                write_json(done, result_row(result, model=modality))
-            paths[modality] = str(out / f"{modality}.pt")
-            rows.append(json.loads(done.read_text()))
+                row = result_row(result, model=modality)
+                write_json(marker, row)  # the encoders (written atomically) come before this marker
+                shutil.rmtree(checkpoints, ignore_errors=True)
+            paths[modality] = str(encoder)
+            rows.append(row)
     return paths, rows
 
 
@@ -135,23 +144,28 @@ def stage2_options(r: Recipe, overrides: dict[str, dict] | None = None) -> dict:
 
 
 def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir: Path,
-               progress: bool = True, strategy_options: dict[str, dict] | None = None
+               progress: bool = True, strategy_options: dict[str, dict] | None = None,
+               checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0
                ) -> tuple[list[dict], FitResult | None]:
     """Run recipe ``name`` with the training settings of ``base`` (epochs, seed, encoder, ...).
     ``strategy_options`` maps a strategy name to option overrides (``{"sgm": {"gamma_base": 3}}``),
     applied only when the recipe's stage 2 uses that strategy (``stage2_options``).
+    ``checkpoint_dir``: stage 2 checkpoints there (at epoch ends, and every ``checkpoint_every``
+    steps when > 0) and resumes from a checkpoint it finds (stage 1 always checkpoints inside its
+    cache); the caller removes it once the result is recorded.
     Returns the result rows and the last stage's ``FitResult`` (``None`` for ``am-only``)."""
     r = recipe(name)
     options = stage2_options(r, strategy_options)
     init = {}
     if r.stage1:
-        init, stage1_rows = stage1(dataset, base, r.stage1, Path(workdir) / "stage1", progress)
+        init, stage1_rows = stage1(dataset, base, r.stage1, Path(workdir) / "stage1", progress, checkpoint_every)
         if r.strategy is None:
             return [{**row, "recipe": name} for row in stage1_rows], None
     modalities = (r.modality,) if r.modality else None
     config = replace(base, modalities=modalities, strategy=r.strategy, strategy_options=options,
                      init_encoders=init, contrastive=False)
-    result = fit(dataset, config, progress=progress)
+    result = fit(dataset, config, progress=progress, checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None,
+                 checkpoint_every=checkpoint_every)
     model = r.modality or "fusion"
     return [{**result_row(result, model=model), "recipe": name}], result
 

@@ -3,7 +3,8 @@
 ``record_results`` writes the key numbers of a notebook (its results cell); ``save_figure`` writes
 every figure as a static PNG and, for plotly, also as a self-contained HTML file; ``save_table``
 writes a table as CSV and parquet. Everything lands under the run folder (``RUN_DIR``), so a run can
-be read without a kernel.
+be read without a kernel. Every file is written atomically (``files.atomic_path``): an interrupted
+run leaves the previous file or none, never half of one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .paths import outputs_dir, write_json
+from .files import atomic_path, write_json
+from .paths import outputs_dir
 
 
 def run_folder(run_dir: str | Path = "") -> Path:
@@ -37,12 +39,14 @@ def save_figure(fig, name: str, run_dir: str | Path = "") -> list[Path]:
     png = folder / f"{name}.png"
     if hasattr(fig, "write_html"):
         html = folder / f"{name}.html"
-        fig.write_html(html, include_plotlyjs=True, full_html=True)
-        with warnings.catch_warnings():  # kaleido 0.2.1 uses settings plotly 6 deprecates (see pyproject.toml)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            fig.write_image(png, scale=2)
+        with atomic_path(html) as tmp:
+            fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+        with warnings.catch_warnings(), atomic_path(png) as tmp:  # kaleido 0.2.1 uses settings plotly 6
+            warnings.simplefilter("ignore", DeprecationWarning)  # deprecates (see pyproject.toml)
+            fig.write_image(tmp, format="png", scale=2)
         return [png, html]
-    fig.savefig(png, dpi=110, bbox_inches="tight")
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return [png]
 
 
@@ -51,8 +55,10 @@ def save_table(table: pd.DataFrame, name: str, run_dir: str | Path = "") -> list
     folder = run_folder(run_dir) / "tables"
     folder.mkdir(exist_ok=True)
     csv, parquet = folder / f"{name}.csv", folder / f"{name}.parquet"
-    table.to_csv(csv)
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp)
     frame = table.copy()
     frame.columns = [str(c) for c in frame.columns]  # parquet needs string column names
-    frame.to_parquet(parquet)
+    with atomic_path(parquet) as tmp:
+        frame.to_parquet(tmp)
     return [csv, parquet]

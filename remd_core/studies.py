@@ -95,14 +95,14 @@ def encode(model: MultimodalRegressor, split: MultimodalSplit, batch_size: int =
     for batch in split.batches(batch_size):
         features = model(prepare_inputs(batch, model.modalities, kinds, augment=False, device=device))["features"]
         for m in model.modalities:
-            out[m].append(features[m].float().cpu())
+            out[m].append(features[m].double().cpu())
     return {m: torch.cat(v).numpy() for m, v in out.items()}
 
 
 def stage1_encoder(dataset: MultimodalDataset, modality: str, path: str, config: TrainConfig) -> MultimodalRegressor:
     """A one-modality model carrying the stage-1 encoder saved at ``path`` (its head is untrained:
     use it for features only)."""
-    model = MultimodalRegressor(dataset.spec, (modality,), config.encoder)
+    model = MultimodalRegressor(dataset.spec, (modality,), config.encoder).to(config.parameter_dtype())
     load_encoders(model, {modality: path})
     return model.eval()
 

@@ -43,7 +43,9 @@ import itertools
 import json
 import os
 import re
+import shutil
 import sys
+import time
 import traceback
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -55,8 +57,9 @@ import yaml
 
 from . import compare
 from .config import ConfigError
-from .notebook_runner import NOTEBOOK_DIR, notebook_parameters, resolve_parameters
-from .paths import REPO_ROOT, display_path, write_json
+from .notebook_runner import NOTEBOOK_DIR, execute_notebook, notebook_parameters, resolve_parameters
+from .files import atomic_path, read_json, remove_stale_temporaries, write_json, write_text
+from .paths import REPO_ROOT, display_path
 from .provenance import write as write_provenance
 
 SWEEP_DIR = REPO_ROOT / "sweeps"
@@ -70,6 +73,7 @@ REQUIRED = ("PROFILE", "RUN_DIR", *AXES.values())  # what a cell notebook must d
 # encoders (used to order the cells, never for correctness, which the cache lock provides).
 STAGE2_ONLY = ("GAMMA_BASE", "GAMMA_MIN", "GAMMA_MAX", "WINDOW")
 MAX_KEY = 100
+WORKER_RETRIES = 2  # runs again of a cell whose worker process died while running it
 TABLE_FIRST = ("dataset", "recipe", "seed", "groups")
 TABLE_METRICS = ("profile", "epochs", "model", "test_r2", "test_mse", "test_mae", "test_stage_score", "many_mse",
                  "many_mae", "medium_mse", "medium_mae", "few_mse", "few_mae", "val_r2", "best_epoch", "seconds")
@@ -337,6 +341,12 @@ def _result_path(run_dir: Path, notebook: Path) -> Path:
     return Path(run_dir) / "results" / f"{notebook.stem}.json"
 
 
+def _finished(run_dir: Path, notebook: Path) -> dict | None:
+    """The cell's recorded result, or ``None`` when it has none yet (a corrupt one is reported and
+    moved aside, so the cell runs again)."""
+    return read_json(_result_path(run_dir, notebook), required=("rows",))
+
+
 def _threads(workers: int) -> int:
     """Each kernel's share of the cores (at least 1); an ``OMP_NUM_THREADS`` already set caps it."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -354,16 +364,13 @@ def _execute_cell(notebook: str, output: str, params: dict) -> tuple[str, str] |
     """Run in a worker process: execute one cell with papermill. The kernel's own stdout and stderr
     (warnings, progress bars) go to ``kernel.log`` beside the output notebook. Returns ``None`` or
     ``(first line, full text)`` of the error."""
-    import papermill
-
     log = Path(output).with_name("kernel.log")
     saved = [os.dup(1), os.dup(2)]
     with open(log, "w") as handle:
         os.dup2(handle.fileno(), 1)
         os.dup2(handle.fileno(), 2)
         try:
-            papermill.execute_notebook(notebook, output, parameters=params, kernel_name="python3",
-                                       cwd=str(Path(notebook).parent), progress_bar=False)
+            execute_notebook(Path(notebook), Path(output), params)
             return None
         except Exception as err:  # any failure is the cell's; the sweep goes on with the others
             summary = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
@@ -400,8 +407,9 @@ def _plan(grid: Grid, cells: list[Cell], folder: Path, profile: str, overrides: 
             params["WORK_DIR"] = str(folder)
         plans[cell.key] = params
         meta = run_dir / "cell.json"
-        if _result_path(run_dir, grid.notebook).exists() and meta.exists():
-            before = json.loads(meta.read_text())["settings"]
+        recorded = read_json(meta, required=("settings",))
+        if recorded is not None and _finished(run_dir, grid.notebook) is not None:
+            before = recorded["settings"]
             changed = {k: (before.get(k), v) for k, v in _settings(params).items() if before.get(k) != v}
             changed.update({k: (v, None) for k, v in before.items() if k not in params})
             if changed:
@@ -423,9 +431,7 @@ def _write_resolved_grid(grid: Grid, folder: Path, selected: list[str], seeds, p
     header = (f"# Resolved from {Path(grid.source).name}: the sub-grids of the last run in this folder, with its\n"
               f"# seeds. Rerun it: {command}\n")
     body = yaml.safe_dump({"name": grid.name, "notebook": notebook, "grids": subgrids}, sort_keys=False)
-    tmp = folder / "grid.yaml.tmp"
-    tmp.write_text(header + body)
-    tmp.replace(folder / "grid.yaml")
+    write_text(folder / "grid.yaml", header + body)
 
 
 def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu", seeds: list[int] | None = None,
@@ -448,6 +454,7 @@ def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu",
     plans = _plan(grid, cells, folder, profile, overrides)  # every check before anything runs
     selected = select_groups(grid, groups)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
     _write_resolved_grid(grid, folder, selected, seeds, profile, overrides)
     pending, skipped = [], []
     for cell in cells:
@@ -455,7 +462,7 @@ def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu",
         write_json(run_dir / "cell.json", {"key": cell.key, "index": cell.index, "groups": list(cell.groups),
                                            "swept": grid.swept, "notebook": grid.notebook.name,
                                            "settings": _settings(plans[cell.key])}, indent=2)
-        (skipped if _result_path(run_dir, grid.notebook).exists() else pending).append(cell)
+        (skipped if _finished(run_dir, grid.notebook) is not None else pending).append(cell)
     n = max(1, min(workers or os.cpu_count() or 1, len(pending)))
     provenance = write_provenance(folder, {"grid": grid.source, "profile": profile, "seeds": seeds, "groups": selected,
                                            "overrides": overrides, "workers": n, "threads_per_worker": _threads(n),
@@ -466,7 +473,7 @@ def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu",
             tqdm.write(f"sweep {grid.name}: {len(cells)} cells, {len(skipped)} finished earlier (skipped), "
                        f"{len(pending)} to run on {n} worker(s) x {_threads(n)} thread(s); folder {display_path(folder)}")
         for cell in pending:  # each executed cell records where it came from
-            (folder / "cells" / cell.key / "provenance.json").write_text(provenance.read_text())
+            write_text(folder / "cells" / cell.key / "provenance.json", provenance.read_text())
         executed, failed = _execute(grid, schedule(pending), plans, folder, n, progress)
     elif progress:
         tqdm.write(f"sweep {grid.name}: all {len(cells)} cells finished earlier; nothing to run ({display_path(folder)})")
@@ -489,46 +496,93 @@ def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu",
 def _execute(grid: Grid, cells: list[Cell], plans: dict, folder: Path, workers: int,
              progress: bool) -> tuple[list[str], dict[str, str]]:
     """Run ``cells`` (in this order) on ``workers`` spawned processes, each kernel with its share of
-    the cores; write ``error.txt`` for each failure. Returns the executed keys and the failures."""
+    the cores; write ``error.txt`` for each failure. Returns the executed keys and the failures.
+
+    A worker process that dies (killed, out of memory) breaks the pool: the cells it took down are
+    run again on a fresh pool, each resuming from its checkpoint, at most ``WORKER_RETRIES`` times
+    for a cell that was running when it happened (cells still queued are requeued without counting).
+    A kernel that dies fails its cell only (papermill reports it); rerunning the sweep resumes it.
+    Ctrl-C stops the workers (their kernels exit with them) and is raised to the caller."""
+    from tqdm.auto import tqdm
+
+    executed, failed, retries, queue = [], {}, {c.key: 0 for c in cells}, list(cells)
+    with tqdm(total=len(cells), desc=f"sweep {grid.name}", unit="cell", disable=not progress) as bar:
+        while queue:
+            broken = _run_pool(grid, queue, plans, folder, workers, progress, bar, executed, failed)
+            queue = []
+            for cell, was_running in broken:
+                retries[cell.key] += was_running
+                if retries[cell.key] > WORKER_RETRIES:
+                    failed[cell.key] = f"its worker process died {retries[cell.key]} times"
+                    _write_error(folder / "cells" / cell.key, cell, grid, (failed[cell.key], ""))
+                    bar.update(1)
+                else:
+                    queue.append(cell)
+            if queue and progress:
+                tqdm.write(f"a worker process died; running {len(queue)} cell(s) again on new workers, each "
+                           "from its last checkpoint")
+    return executed, failed
+
+
+def _run_pool(grid, cells, plans, folder, workers, progress, bar, executed, failed) -> list[tuple[Cell, bool]]:
+    """One process pool over ``cells``; returns the cells a dead worker took down, each with whether
+    it had started."""
     import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
 
     from tqdm.auto import tqdm
 
-    executed, failed = [], {}
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(_threads(workers),)) as pool, \
-            tqdm(total=len(cells), desc=f"sweep {grid.name}", unit="cell", disable=not progress) as bar:
+    broken, started = [], time.time()
+    pool = ProcessPoolExecutor(min(workers, len(cells)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(_threads(workers),))
+    try:
         futures = {}
         for cell in cells:
             run_dir = folder / "cells" / cell.key
             (run_dir / "error.txt").unlink(missing_ok=True)
-            output = run_dir / grid.notebook.name
-            futures[pool.submit(_execute_cell, str(grid.notebook), str(output), plans[cell.key])] = cell
+            futures[pool.submit(_execute_cell, str(grid.notebook), str(run_dir / grid.notebook.name),
+                                plans[cell.key])] = cell
         for future in as_completed(futures):
             cell = futures[future]
             run_dir = folder / "cells" / cell.key
-            result = _result_path(run_dir, grid.notebook)
             try:
                 error = future.result()
-            except Exception as err:  # the worker process itself died
+            except BrokenProcessPool:
+                log = run_dir / "kernel.log"
+                broken.append((cell, log.exists() and log.stat().st_mtime >= started))
+                continue
+            except Exception as err:
                 error = (f"{type(err).__name__}: {err}", traceback.format_exc())
-            if error is None and not result.exists():
-                error = (f"the notebook ran but recorded no {result.relative_to(run_dir)}", "")
+            result = _finished(run_dir, grid.notebook) if error is None else None
+            if error is None and result is None:
+                error = (f"the notebook ran but recorded no {_result_path(run_dir, grid.notebook).relative_to(run_dir)}",
+                         "")
             bar.update(1)
             if error:
                 failed[cell.key] = error[0]
-                (run_dir / "error.txt").write_text(f"cell {cell.key} failed (notebook {run_dir / grid.notebook.name}, "
-                                                   f"kernel output in kernel.log)\n{error[0]}\n\n{error[1]}")
+                _write_error(run_dir, cell, grid, error)
                 line = f"{cell.key}: FAILED, {error[0]}"
             else:
                 executed.append(cell.key)
-                rows = json.loads(result.read_text()).get("rows", [])
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the result is recorded
+                rows = result["rows"]
                 line = f"{cell.key}: " + ", ".join(f"test R2 {r['test_r2']:.3f}" + (f" [{r['model']}]" if len(rows) > 1
                                                                                    else "") for r in rows)
             bar.set_postfix_str(line[:70])
             if progress:
                 tqdm.write(line)
-    return executed, failed
+    except KeyboardInterrupt:
+        for process in list(getattr(pool, "_processes", {}).values()):  # kernels exit when their worker does
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return broken
+
+
+def _write_error(run_dir: Path, cell: Cell, grid: Grid, error: tuple[str, str]) -> None:
+    write_text(run_dir / "error.txt", f"cell {cell.key} failed (notebook {run_dir / grid.notebook.name}, kernel output "
+                                      f"in kernel.log)\n{error[0]}\n\n{error[1]}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -545,13 +599,15 @@ def collect(folder: str | Path) -> pd.DataFrame:
     folder = Path(folder)
     rows, missing, swept = [], [], []
     for meta_path in sorted((folder / "cells").glob("*/cell.json")):
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path, required=("key", "swept", "notebook", "settings", "groups", "index"))
+        if meta is None:
+            continue
         swept += [s for s in meta["swept"] if s not in swept]
         result_path = _result_path(meta_path.parent, Path(meta["notebook"]))
-        if not result_path.exists():
+        result = _finished(meta_path.parent, Path(meta["notebook"]))
+        if result is None:
             missing.append(meta["key"])
             continue
-        result = json.loads(result_path.read_text())
         params = result.get("parameters", {})
         settings = meta["settings"]
         for row in result["rows"]:
@@ -579,9 +635,8 @@ def collect(folder: str | Path) -> pd.DataFrame:
     table = table.reindex(columns=columns)
     for path, write in ((folder / "results.csv", lambda p: table.to_csv(p, index=False)),
                         (folder / "results.parquet", lambda p: table.to_parquet(p, index=False))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        write(tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            write(tmp)
     return table
 
 

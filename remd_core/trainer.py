@@ -17,24 +17,37 @@ The regression loss is MSE by default; the paper's SMAPE + R^2 combination is
 default here). The paper uses Adam, batch 8 and ResNet34; the CPU defaults are AdamW (weight decay
 1e-4), batch 16, cosine learning-rate decay and a ResNet18 of width 0.25.
 
-On CUDA the model runs in bf16 autocast and channels-last memory format, and batches reach the
-device through pinned memory with non-blocking copies. ``compile=True`` wraps each encoder with
-``torch.compile`` (``nn.Module.compile``, so parameter names and saved encoders are unchanged); it
-is off by default: compilation takes minutes, and on this workbench's small CPU models it has not
-been shown to pay (``benchmarks/bench_steps.py --compile`` measures it).
+Precision (``precision``): "auto" runs bf16 autocast on CUDA and float32 on CPU; "bf16" asks for
+bf16 autocast on any device (CPU included, which is how the GPU path is tested without a GPU);
+"float64" keeps weights and arithmetic in float64, on CPU only. float64 is what the smoke profile
+(nbval's regression checks) uses: float32 results of a trained model differ in the third decimal
+between processors and thread counts (different vector kernels and reduction orders), float64
+results near 1e-12, so checked outputs hold on every machine. Channels-last memory format
+(``channels_last``; None: on CUDA only) and pinned, non-blocking copies are used on CUDA.
+``compile=True`` wraps each encoder with ``torch.compile`` (``nn.Module.compile``, so parameter
+names and saved encoders are unchanged); it is off by default: compilation takes minutes, and on
+this workbench's small CPU models it has not been shown to pay (``benchmarks/bench_steps.py
+--compile`` measures it).
 
-Everything else is shared: seeded and deterministic on CPU, bf16 autocast on CUDA, a progress
-bar, validation every epoch, best-epoch selection on validation R^2, a per-step history (every
-head's loss, every strategy log) and a per-epoch history as DataFrames. A non-finite loss or
-gradient stops training with an error naming the step and the batch's sample ids.
+Checkpoints (``fit(checkpoint_dir=..., resume=True)``, ``remd_core.checkpoint``) are written at
+every epoch end and, optionally, every N steps; a run killed at any point resumes from the last
+one, bit-identical to an uninterrupted run on CPU.
+
+Everything else is shared: seeded and deterministic on CPU, a progress bar, validation every
+epoch, best-epoch selection on validation R^2, a per-step history (every head's loss, every
+strategy log) and a per-epoch history as DataFrames. A non-finite loss or gradient stops training
+with an error naming the step and the batch's sample ids.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +56,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
+from .checkpoint import Checkpoints, restore_rng_state, rng_state
 from .data.format import MultimodalDataset, MultimodalSplit
+from .files import load_torch, save_torch
+from .paths import display_path
 from .losses import am_supcon_loss, margin_schedule, regression_loss
 from .models import EncoderConfig, MultimodalRegressor
 from .optim import Losses, NonFiniteError, build_strategy
@@ -51,6 +67,7 @@ from .transforms import prepare_inputs, to_device
 
 SUBSETS = ("all", "head", "tail", "few")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+PRECISIONS = ("auto", "float32", "bf16", "float64")
 
 
 @dataclass
@@ -73,7 +90,8 @@ class TrainConfig:
     subset: str = "all"
     seed: int = 0
     device: str = "auto"
-    bf16: bool = True
+    precision: str = "auto"
+    channels_last: bool | None = None
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     contrastive: bool = False
     supcon_weight: float = 1.0
@@ -101,6 +119,13 @@ class TrainConfig:
             raise ValueError("margin_m0, margin_beta, margin_warmup and supcon_weight must be >= 0")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    def parameter_dtype(self) -> torch.dtype:
+        """The dtype of the weights: float64 for ``precision="float64"``, else float32 (bf16 is
+        autocast over float32 weights)."""
+        return torch.float64 if self.precision == "float64" else torch.float32
 
 
 @dataclass
@@ -156,19 +181,20 @@ def load_encoders(model: MultimodalRegressor, paths: dict[str, str]) -> None:
     for modality, path in paths.items():
         if modality not in model.encoders:
             raise ValueError(f"init_encoders names {modality!r}, but the model has {list(model.encoders)}")
-        model.encoders[modality].load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        weights = load_torch(path)
+        if weights is None:
+            raise FileNotFoundError(f"no intact encoder weights at {path} (missing, or corrupt and moved aside)")
+        model.encoders[modality].load_state_dict(weights)
 
 
 def save_encoders(model: MultimodalRegressor, folder: Path) -> dict[str, str]:
-    """Write each encoder's weights to ``folder/<modality>.pt``; returns the paths for ``init_encoders``."""
+    """Write each encoder's weights to ``folder/<modality>.pt`` (with a checksum sidecar, see
+    ``files.save_torch``); returns the paths for ``init_encoders``."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for modality, encoder in model.encoders.items():
         path = folder / f"{modality}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(encoder.state_dict(), tmp)
-        tmp.replace(path)
+        save_torch(path, encoder.state_dict())
         paths[modality] = str(path)
     return paths
 
@@ -180,22 +206,39 @@ def predict(model: MultimodalRegressor, split: MultimodalSplit, kinds: dict[str,
     model.eval()
     out = []
     for batch in split.batches(batch_size):
-        inputs = prepare_inputs(batch, model.modalities, kinds, augment=False, device=device)
+        inputs = prepare_inputs(batch, model.modalities, kinds, augment=False, device=device,
+                                dtype=model.fusion_head.weight.dtype)
         result = model(inputs)
         pred = result["fused"] if head == "fused" else result["unimodal"][head]
-        out.append(pred.float().cpu())
+        out.append(pred.double().cpu())
     return (torch.cat(out) * label_std + label_mean).numpy()
 
 
-def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True) -> FitResult:
+def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, checkpoint_dir: str | Path | None = None,
+        resume: bool = False, checkpoint_every: int = 0) -> FitResult:
+    """Train a model on ``dataset`` with ``config``; return it at its best validation epoch.
+
+    ``checkpoint_dir``: write a checkpoint there at every epoch end and, with ``checkpoint_every``
+    N > 0, every N steps (``remd_core.checkpoint``: the last one and the best weights, nothing
+    else). ``resume=True`` continues from the last checkpoint in that folder when there is one (and
+    starts fresh when there is none); on CPU a resumed run ends bit-identical to an uninterrupted
+    one. A checkpoint written with other settings or data is refused."""
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 steps, got {checkpoint_every}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     device = resolve_device(config.device)
+    if config.precision == "float64" and device.type != "cpu":
+        raise ValueError(f"precision 'float64' is for CPU regression checks; {device} runs float32 or bf16")
     kinds = {m.name: m.kind for m in dataset.spec.modalities}
     modalities = config.modalities or dataset.spec.modality_names
-    model = MultimodalRegressor(dataset.spec, modalities, config.encoder).to(device)
+    dtype = config.parameter_dtype()
+    with default_dtype(dtype):  # initial weights drawn in float64 too (float32 draws differ between processors)
+        model = MultimodalRegressor(dataset.spec, modalities, config.encoder).to(device)
     load_encoders(model, config.init_encoders)
-    if device.type == "cuda":
+    if config.channels_last if config.channels_last is not None else device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if config.compile:
         for encoder in model.encoders.values():
@@ -205,61 +248,129 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True) 
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     train = training_split(dataset, config.subset)
-    mean, std = float(dataset.train.y.mean()), float(dataset.train.y.std())
+    mean, std = float(dataset.train.y.double().mean()), float(dataset.train.y.double().std())  # reductions in float64:
+    # a float32 sum depends on the vector width of the processor (an Intel and an AMD CPU differ here)
     loss_fn = regression_loss(config.regression_loss, **({"label_mean": mean, "label_std": std}
                                                         if config.regression_loss == "smape_r2" else {}))
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
-                else nullcontext())
+    autocast = autocast_context(config.precision, device)
     multimodal = len(modalities) > 1
+    drop_last = len(train) > config.batch_size
+    stop = len(train) - len(train) % config.batch_size if drop_last else len(train)
 
-    step_rows, epoch_rows, best = [], [], (-np.inf, 0, None)
-    start, step = time.perf_counter(), 0
+    run = {"epoch": 0, "step": 0, "order": None, "position": 0, "step_rows": [], "epoch_rows": [], "partial_rows": [],
+           "best": {"r2": -np.inf, "epoch": 0, "file": None}, "elapsed": 0.0}
+    best_weights = None
+    checkpoints = Checkpoints(checkpoint_dir, _fingerprint(dataset, config)) if checkpoint_dir is not None else None
+    saved = checkpoints.load() if resume else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        strategy.load_state_dict(saved["strategy"])
+        restore_rng_state(saved["rng"], generator)
+        run = {k: saved[k] for k in run}
+        print(f"resuming from {display_path(checkpoints.last)}: epoch {run['epoch'] + 1}, step {run['step']}",
+              file=sys.stderr, flush=True)
+        if run["best"]["file"]:
+            best_weights = checkpoints.best_weights(run["best"]["file"])
+
+    def save_checkpoint(logs, new_best=None):
+        state = {**run, "partial_rows": run["partial_rows"] + _rows(logs, run["epoch"], run["step"] - len(logs)),
+                 "elapsed": run["elapsed"] + time.perf_counter() - start, "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "strategy": strategy.state_dict(), "rng": rng_state(generator)}
+        checkpoints.save(state, new_best)
+
+    start = time.perf_counter()
     label = f"{config.strategy} {'+'.join(modalities)}" + (" stage 1" if config.contrastive else "")
-    for epoch in tqdm(range(config.epochs), desc=label, disable=not progress, unit="epoch"):
+    bar = tqdm(total=config.epochs, initial=run["epoch"], desc=label, disable=not progress, unit="epoch")
+    for epoch in range(run["epoch"], config.epochs):
         model.train()
+        if run["order"] is None:  # the draw MultimodalSplit.batches(shuffle=True) makes
+            run["order"], run["position"] = torch.randperm(len(train), generator=generator), 0
         logs = []
-        for batch in train.batches(config.batch_size, shuffle=True, generator=generator, drop_last=len(train) > config.batch_size):
-            inputs = prepare_inputs(batch, modalities, kinds, config.augment, generator, device)
-            target = to_device((batch["y"] - mean) / std, device)
-            margin = _margin(config, step)
+        while run["position"] < stop:
+            batch = train.batch(run["order"][run["position"]:run["position"] + config.batch_size])
+            inputs = prepare_inputs(batch, modalities, kinds, config.augment, generator, device, dtype)
+            target = to_device((batch["y"] - mean) / std, device).to(dtype)
+            margin = _margin(config, run["step"])
 
             def compute(inputs=inputs, target=target, margin=margin):
                 with autocast:
                     out = model(inputs)
-                losses = Losses(fused=loss_fn(out["fused"].float(), target), outputs={**out, "target": target})
+                losses = Losses(fused=loss_fn(out["fused"].to(dtype), target), outputs={**out, "target": target})
                 if multimodal:
-                    losses.unimodal = {m: loss_fn(p.float(), target) for m, p in out["unimodal"].items()}
+                    losses.unimodal = {m: loss_fn(p.to(dtype), target) for m, p in out["unimodal"].items()}
                 if config.contrastive:
                     losses.extra = config.supcon_weight * sum(
-                        am_supcon_loss(z.float(), target, margin, config.temperature) for z in out["projections"].values())
+                        am_supcon_loss(z.to(dtype), target, margin, config.temperature)
+                        for z in out["projections"].values())
                 return losses
 
             try:
-                step_logs = strategy.step(compute, optimizer, step=step, epoch=epoch)
+                step_logs = strategy.step(compute, optimizer, step=run["step"], epoch=epoch)
             except NonFiniteError as err:
                 raise TrainingError(f"{err} (epoch {epoch}); batch sample ids: {batch['id']}") from err
             step_logs["margin"] = torch.tensor(margin)
             logs.append(step_logs)
-            step += 1
+            run["step"] += 1
+            run["position"] += config.batch_size
+            if checkpoints and checkpoint_every and run["step"] % checkpoint_every == 0 and run["position"] < stop:
+                save_checkpoint(logs)
         scheduler.step()
-        step_rows.extend(_rows(logs, epoch, step - len(logs)))
+        run["step_rows"] += run["partial_rows"] + _rows(logs, epoch, run["step"] - len(logs))
+        run["partial_rows"], run["order"], run["position"] = [], None, 0
         val_pred = predict(model, dataset.val, kinds, mean, std, config.eval_batch_size, device)
         val = metrics.regression_report(dataset.val.y.numpy(), val_pred)
-        epoch_rows.append({"epoch": epoch + 1, "val_r2": val["r2"], "val_mse": val["mse"], "val_mae": val["mae"],
-                           "lr": scheduler.get_last_lr()[0]})
-        if val["r2"] > best[0]:
-            best = (val["r2"], epoch + 1, copy.deepcopy(model.state_dict()))
-    model.load_state_dict(best[2])
+        run["epoch_rows"].append({"epoch": epoch + 1, "val_r2": val["r2"], "val_mse": val["mse"],
+                                  "val_mae": val["mae"], "lr": scheduler.get_last_lr()[0]})
+        improved = val["r2"] > run["best"]["r2"]
+        if improved:
+            best_weights = copy.deepcopy(model.state_dict())
+            run["best"] = {"r2": val["r2"], "epoch": epoch + 1, "file": f"best-epoch{epoch + 1}.pt"}
+        run["epoch"] = epoch + 1
+        if checkpoints:
+            save_checkpoint([], best_weights if improved else None)
+        bar.update(1)
+    bar.close()
+    model.load_state_dict(best_weights)
 
-    history = pd.DataFrame(step_rows)
+    history = pd.DataFrame(run["step_rows"])
     if not multimodal:  # the model's only prediction is its unimodal one
         history[f"loss_{modalities[0]}"] = history["loss_fused"]
     predictions = {s: predict(model, dataset[s], kinds, mean, std, config.eval_batch_size, device) for s in ("val", "test")}
     results = {s: metrics.regression_report(dataset[s].y.numpy(), p) for s, p in predictions.items()}
     regions = metrics.region_labels(dataset.train.y.numpy())
     region_table = metrics.per_region_report(dataset.test.y.numpy(), predictions["test"], regions)
-    return FitResult(model, history, pd.DataFrame(epoch_rows), results, region_table, predictions, best[1], mean, std,
-                     time.perf_counter() - start, config)
+    return FitResult(model, history, pd.DataFrame(run["epoch_rows"]), results, region_table, predictions,
+                     run["best"]["epoch"], mean, std, run["elapsed"] + time.perf_counter() - start, config)
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Create tensors (a model's initial weights) in ``dtype`` inside the block."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def autocast_context(precision: str, device: torch.device):
+    """bf16 autocast where ``precision`` asks for it ("auto": on CUDA only); else nothing."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _fingerprint(dataset: MultimodalDataset, config: TrainConfig) -> dict:
+    """What a checkpoint must share with the run resuming it: every training setting (the
+    device and the progress bar aside) and the data (settings, and the training ids)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("device",)}
+    ids = hashlib.sha1("\n".join(dataset.train.ids).encode()).hexdigest()
+    return {"config": json.dumps(settings, sort_keys=True, default=str), "dataset": dataset.name,
+            "data": json.dumps(asdict(dataset.config), sort_keys=True, default=str), "train_ids": ids}
 
 
 def _margin(config: TrainConfig, step: int) -> float:
@@ -275,6 +386,6 @@ def _rows(logs: list[dict], epoch: int, first_step: int) -> list[dict]:
     keys = list(dict.fromkeys(k for entry in logs for k in entry))
     device = logs[0]["loss_fused"].device
     missing = torch.tensor(float("nan"), device=device)
-    columns = {k: torch.stack([entry.get(k, missing).detach().float().to(device) for entry in logs]).cpu().tolist()
+    columns = {k: torch.stack([entry.get(k, missing).detach().double().to(device) for entry in logs]).cpu().tolist()
                for k in keys}
     return [{"step": first_step + i, "epoch": epoch + 1, **{k: columns[k][i] for k in keys}} for i in range(len(logs))]

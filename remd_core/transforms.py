@@ -42,9 +42,12 @@ def random_intensity(x: torch.Tensor, brightness: float, contrast: float,
 
 
 def prepare_inputs(batch: dict, modalities, kinds: dict[str, str], augment: bool,
-                   generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> dict:
-    """Model inputs from a sample-format batch: move everything to ``device``, then augment
-    (training only) and normalise the image modalities there; vector modalities pass through.
+                   generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> dict:
+    """Model inputs from a sample-format batch: move everything to ``device`` as ``dtype``, then
+    augment (training only) and normalise the image modalities there; vector modalities pass through.
+    ``dtype`` is the model's (float64 for the CPU regression checks: the augmentation's means are
+    reductions, whose float32 rounding depends on the processor's vector kernels).
 
     On CUDA each tensor is first copied into pinned (page-locked) host memory, so the copy to the
     device is truly asynchronous (``non_blocking``), and the augmentation runs on the GPU (its
@@ -54,7 +57,7 @@ def prepare_inputs(batch: dict, modalities, kinds: dict[str, str], augment: bool
     copied and the result is what it was when the augmentation ran before the move."""
     inputs = {}
     for m in modalities:
-        x = to_device(batch[m], device)
+        x = to_device(batch[m], device).to(dtype)
         if kinds[m] in ("image", "volume"):
             if augment:
                 x = random_intensity(random_translate(x, max(1, x.shape[-1] // 16), generator), 0.05, 0.1, generator)

@@ -22,6 +22,7 @@ def fixed_batch_loss(model, split: MultimodalSplit, label_mean: float, label_std
     def loss_fn(m):
         out = m(inputs)
         pred = out["fused"] if head == "fused" else out["unimodal"][head]
-        return torch.nn.functional.mse_loss(pred.float(), target)
+        wide = torch.promote_types(pred.dtype, torch.float32)  # bf16 is upcast, float64 kept
+        return torch.nn.functional.mse_loss(pred.to(wide), target.to(wide))
 
     return loss_fn

@@ -37,8 +37,10 @@ class MultimodalRegressor(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict:
         """``inputs`` maps modality names to float batches. Returns ``fused`` ``[B]``,
         ``unimodal`` {modality: ``[B]``}, ``features`` {modality: ``[B, F]``} and
-        ``projections`` {modality: ``[B, projection_dim]``}."""
-        features = {m: self.encoders[m](inputs[m]) for m in self.modalities}
+        ``projections`` {modality: ``[B, projection_dim]``}. Inputs are cast to the weights' dtype
+        (a float64 model, for CPU regression checks, takes the float32 batches of the data sets)."""
+        dtype = self.fusion_head.weight.dtype
+        features = {m: self.encoders[m](inputs[m].to(dtype)) for m in self.modalities}
         unimodal = {m: self.heads[m](f).squeeze(-1) for m, f in features.items()}
         projections = {m: self.projections[m](f) for m, f in features.items()}
         fused = self.fusion_head(torch.cat([features[m] for m in self.modalities], dim=-1)).squeeze(-1)

@@ -101,7 +101,7 @@ class OGMGE(Strategy):
                 if cfg.noise:  # N(0, std(grad)) per tensor, drawn in the order of the tensors
                     generator = self._generator_on(grads[0].device)
                     for g in grads:
-                        g.add_(torch.randn(g.shape, generator=generator, device=g.device).mul_(g.std()))
+                        g.add_(torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype).mul_(g.std()))
         return logs
 
     def _generator_on(self, device: torch.device) -> torch.Generator | None:

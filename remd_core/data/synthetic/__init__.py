@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ...files import load_npz, save_npz
 from ...paths import cache_dir
 from ..base import SplitConfig, assemble
 from ..checks import check_labels
@@ -112,17 +112,16 @@ def generate(config: Config, progress: bool = True) -> dict[str, np.ndarray]:
 
 def load_or_generate(config: Config, progress: bool = True) -> dict[str, np.ndarray]:
     """``generate`` with a cache under ``outputs/cache`` keyed by the generation parameters.
-    Written to a temporary file and renamed, so an interrupted run never leaves a broken cache."""
+    Written atomically; a cache file that fails its CRC check is reported, moved aside and
+    generated again (``files.load_npz``)."""
     if not config.cache:
         return generate(config, progress)
     path = cache_dir() / f"{config.generation_key()}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as cached:
-            return {k: cached[k] for k in cached.files}
+    cached = load_npz(path)
+    if cached is not None:
+        return cached
     arrays = generate(config, progress)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    save_npz(path, arrays)
     return arrays
 
 

@@ -1,0 +1,219 @@
+"""Interruptions, as users meet them: a sweep whose worker or kernel is killed mid-cell, and Ctrl-C
+(SIGINT to the whole process group, as a terminal sends it) during `remd sweep`, `remd compare` and
+`remd run`. Each command runs in a real subprocess; nothing is mocked."""
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from remd_core.files import read_json
+from remd_core.paths import REPO_ROOT
+
+GRID = """
+name: mini
+datasets: [synthetic-stage2]
+seeds: [0]
+recipes: [unimodal-fundus, naive-fusion]
+"""
+FIRST, SECOND = "synthetic-stage2__unimodal-fundus__seed0", "synthetic-stage2__naive-fusion__seed0"
+SLOW = ["--set", "EPOCHS=3", "CHECKPOINT_EVERY=1"]  # a cell long enough to be caught in the middle
+COMPARE_DATA = ["--data", "n_eyes=80", "image_size=32", "oct_size=32", "n_bscans=2", "test=20", "val=12",
+                "--encoder", "width=0.125", "--epochs", "3", "--checkpoint-every", "1", "--quiet"]
+
+
+
+
+def start(args: list[str], outputs: Path) -> subprocess.Popen:
+    """``remd ARGS`` in its own session (so a signal to its group reaches it and its workers only)."""
+    env = {**os.environ, "REMD_OUTPUTS": str(outputs), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "remd_core", *args], cwd=REPO_ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the command ended (rc {process.returncode}) before the awaited moment:\n{out}\n{err}")
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail("timed out waiting")
+
+
+def mid_run(checkpoint: Path):
+    """True once ``checkpoint`` records a step inside its run (an epoch begun, not the last)."""
+    if not checkpoint.with_name(checkpoint.name + ".sha256").exists():
+        return False
+    import torch
+
+    try:
+        saved = torch.load(checkpoint, weights_only=True)
+    except Exception:  # replaced while being read: look again
+        return False
+    return saved["step"] >= 2 and saved["epoch"] < 2
+
+
+def our_processes(outputs: Path) -> list[psutil.Process]:
+    """Every live process (workers, kernels) started for this test's outputs folder."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("REMD_OUTPUTS") == str(outputs) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def kernel_of(outputs: Path) -> psutil.Process:
+    kernels = [p for p in our_processes(outputs) if "ipykernel_launcher" in " ".join(p.cmdline())]
+    assert len(kernels) == 1, kernels
+    return kernels[0]
+
+
+def half_written(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def command_from(stderr: str) -> list[str]:
+    """The resume command the interrupted command printed, as arguments for ``python -m remd_core``."""
+    lines = stderr.splitlines()
+    at = [i for i, line in enumerate(lines) if line.endswith("continue with:")]
+    assert at, stderr  # kernels that exit after the command may print below it
+    words = shlex.split(lines[at[-1] + 1])
+    assert words[0] == "remd", stderr
+    return words[1:]
+
+
+def interrupt(process: subprocess.Popen) -> tuple[float, str, str]:
+    """Ctrl-C: SIGINT to the process group; returns seconds until the command ended, and its output."""
+    sent = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    return time.monotonic() - sent, out, err
+
+
+@pytest.fixture
+def grid(tmp_path):
+    path = tmp_path / "mini.yaml"
+    path.write_text(GRID)
+    return path
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_kernel_is_killed_mid_cell_resumes_that_cell_on_rerun(tmp_path, grid):
+    outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "sweep-mini"
+    sweep = ["sweep", str(grid), "--profile", "smoke", "--workers", "1", *SLOW]
+    first = start(sweep, outputs)
+    finished = folder / "cells" / FIRST / "results" / "train_recipe.json"
+    wait_for(lambda: mid_run(folder / "cells" / SECOND / "checkpoints" / "last.pt"), first)
+    assert finished.exists()  # one worker: the first cell finished before the second began
+    stamp = finished.stat().st_mtime_ns
+    kernel_of(outputs).kill()  # what the out-of-memory killer does
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 1 and "DeadKernelError" in err and SECOND in err, err
+    assert (folder / "cells" / SECOND / "checkpoints" / "last.pt").exists()
+
+    second = start(sweep, outputs)
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    assert "2 cells, 1 finished earlier (skipped), 1 to run" in out + err
+    assert "resuming from" in (folder / "cells" / SECOND / "train_recipe.ipynb").read_text()  # the cell says so
+    assert finished.stat().st_mtime_ns == stamp  # the finished cell was not redone
+    assert read_json(folder / "cells" / SECOND / "results" / "train_recipe.json")["rows"][0]["epochs"] == 3
+    assert not (folder / "cells" / SECOND / "checkpoints").exists()  # removed once the result is recorded
+
+
+@pytest.mark.slow
+def test_a_sweep_survives_a_killed_worker_process(tmp_path, grid):
+    outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "sweep-mini"
+    sweep = start(["sweep", str(grid), "--profile", "smoke", "--workers", "1", *SLOW], outputs)
+    wait_for(lambda: mid_run(folder / "cells" / FIRST / "checkpoints" / "last.pt"), sweep)
+    worker = kernel_of(outputs).parent()  # the pool's worker process, which drives the kernel with papermill
+    assert worker.pid != sweep.pid
+    worker.kill()
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, err
+    assert "a worker process died; running 2 cell(s) again" in out + err
+    assert "resuming from" in (folder / "cells" / FIRST / "train_recipe.ipynb").read_text()
+    assert all(read_json(folder / "cells" / key / "results" / "train_recipe.json") for key in (FIRST, SECOND))
+    assert not half_written(folder) and not our_processes(outputs)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_sweep_leaves_whole_files_and_prints_the_resume_command(tmp_path, grid):
+    outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "sweep-mini"
+    sweep = start(["sweep", str(grid), "--profile", "smoke", "--workers", "1", *SLOW], outputs)
+    wait_for(lambda: mid_run(folder / "cells" / FIRST / "checkpoints" / "last.pt"), sweep)
+    seconds, out, err = interrupt(sweep)
+    assert sweep.returncode == 130 and seconds < 15, (seconds, err[-3000:])
+    assert "interrupted" in err
+    time.sleep(2)  # a kernel exits within a second of its worker (ipykernel's parent poller)
+    assert not our_processes(outputs) and not half_written(folder)
+    resumed = start(command_from(err), outputs)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming from" in (folder / "cells" / FIRST / "train_recipe.ipynb").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_compare_and_its_resume_command_continues_the_cell(tmp_path):
+    outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "cmp"
+    args = ["compare", "--recipes", "unimodal-fundus,naive-fusion", "--seeds", "0", *COMPARE_DATA, "--run", "cmp"]
+    compare = start(args, outputs)
+    wait_for(lambda: mid_run(folder / "checkpoints" / "naive-fusion-seed0" / "last.pt"), compare)
+    stamp = (folder / "cells" / "unimodal-fundus-seed0.json").stat().st_mtime_ns
+    seconds, out, err = interrupt(compare)
+    assert compare.returncode == 130 and seconds < 10, (seconds, err[-3000:])
+    assert not half_written(folder) and not our_processes(outputs)
+    command = command_from(err)
+    assert command[-3:] == ["--run", "cmp", "--resume"]
+    resumed = start(command, outputs)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "unimodal-fundus seed 0: done earlier, skipped" in out
+    assert "naive-fusion seed 0: continuing from its checkpoint" in out and "resuming from" in err
+    assert (folder / "cells" / "unimodal-fundus-seed0.json").stat().st_mtime_ns == stamp
+    assert (folder / "results.csv").exists() and not (folder / "checkpoints" / "naive-fusion-seed0").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_remd_run_and_resume_skips_the_notebooks_it_finished(tmp_path):
+    outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "nb"
+    run = start(["run", "--profile", "smoke", "--notebooks", "00,01", "--run", "nb"], outputs)
+    wait_for(lambda: (folder / "01_coupled_imbalance.running.ipynb").exists(), run)
+    assert (folder / "00_data.ipynb").exists()
+    seconds, out, err = interrupt(run)
+    assert run.returncode == 130 and seconds < 15, (seconds, err[-3000:])
+    time.sleep(2)
+    assert not our_processes(outputs) and not half_written(folder)
+    assert not (folder / "01_coupled_imbalance.ipynb").exists()  # only finished executions carry the final name
+    command = command_from(err)
+    assert command[-1] == "--resume"
+    resumed = start(command, outputs)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "00_data.ipynb: executed earlier in this run, skipped" in out
+    assert (folder / "01_coupled_imbalance.ipynb").exists()
+
+
+def test_the_resume_command_repeats_the_arguments_and_names_the_run():
+    from types import SimpleNamespace
+
+    from remd_core.cli import resume_command
+
+    args = SimpleNamespace(argv=["compare", "--recipes", "re-m3dr", "--run", "old", "--seeds", "0,1", "--resume"])
+    assert resume_command(args, "old") == "remd compare --recipes re-m3dr --seeds 0,1 --run old --resume"
+    args = SimpleNamespace(argv=["sweep", "sweeps/paper.yaml", "--set", "EPOCHS=30"])
+    assert resume_command(args, "sweep-paper", flag=False) == "remd sweep sweeps/paper.yaml --set EPOCHS=30 --run sweep-paper"
