@@ -57,9 +57,10 @@ def cmd_compare(args) -> int:
         raise SystemExit(f"remd {args.command}: nothing to resume in {display_path(folder)}")
     folder.mkdir(parents=True, exist_ok=True)
     args.resume_command = resume_command(args, run)
-    base = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       encoder=from_dict(EncoderConfig, parse_assignments(args.encoder), context="--encoder"),
-                       **parse_assignments(args.train))
+    base = from_dict(TrainConfig, {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                                   "encoder": from_dict(EncoderConfig, parse_assignments(args.encoder),
+                                                        context="--encoder"),
+                                   **parse_assignments(args.train)}, context="--train")
     print(f"data set {dataset.name}: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
     write_provenance(folder, {"command": sys.argv, "dataset": dataset.name, "data_config": asdict(dataset.config),
                               "train_config": asdict(base), "seeds": seeds})

@@ -17,7 +17,7 @@ from dataclasses import replace
 import pandas as pd
 
 from . import data
-from .config import ConfigError
+from .config import ConfigError, from_dict
 from .models import EncoderConfig
 from .notebook_runner import PROFILES
 from .paths import display_path
@@ -91,4 +91,5 @@ def load_dataset(name: str, n_eyes: int, image_size: int, n_bscans: int, seed: i
 
 def train_config(epochs: int, arch: str, width: float, seed: int = 0, **settings) -> TrainConfig:
     """The notebooks' training settings: the workbench defaults with the profile's scale."""
-    return replace(TrainConfig(**settings), epochs=epochs, seed=seed, encoder=EncoderConfig(arch=arch, width=width))
+    config = from_dict(TrainConfig, settings, context="the notebook's training settings")
+    return replace(config, epochs=epochs, seed=seed, encoder=EncoderConfig(arch=arch, width=width))

@@ -30,6 +30,7 @@ import numpy as np
 
 from .data.format import MultimodalDataset
 from .files import load_torch, read_json, write_json
+from .optim import build_strategy
 from .trainer import FitResult, TrainConfig, fit, save_encoders
 
 
@@ -156,6 +157,8 @@ def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir
     Returns the result rows and the last stage's ``FitResult`` (``None`` for ``am-only``)."""
     r = recipe(name)
     options = stage2_options(r, strategy_options)
+    if r.strategy:  # a mistyped option fails here, not after stage 1 has trained
+        build_strategy(r.strategy, options)
     init = {}
     if r.stage1:
         init, stage1_rows = stage1(dataset, base, r.stage1, Path(workdir) / "stage1", progress, checkpoint_every)

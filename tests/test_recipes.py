@@ -111,3 +111,20 @@ def test_stage1_cache_lock_excludes_a_second_process(tmp_path):
     with _locked(tmp_path):
         assert check() == "held"
     assert check() == "free"
+
+
+def test_a_mistyped_stage2_option_fails_before_stage1_trains(dataset, tmp_path):
+    from remd_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['gama_base'\] for strategy 'sgm'; allowed keys are: .*gamma_base"):
+        run_recipe("re-m3dr", dataset, BASE, tmp_path, progress=False, strategy_options={"sgm": {"gama_base": 3}})
+    assert not (tmp_path / "stage1").exists()  # nothing was trained
+
+
+def test_training_settings_from_a_command_line_or_notebook_are_strict():
+    from remd_core.config import ConfigError
+    from remd_core.notebook import train_config
+
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['margin_mo'\] for the notebook's training settings; "
+                                          r"allowed keys are: .*margin_m0"):
+        train_config(1, "resnet18", 0.125, margin_mo=0.2)
