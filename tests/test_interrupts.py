@@ -76,6 +76,17 @@ def our_processes(outputs: Path) -> list[psutil.Process]:
     return found
 
 
+def none_left(outputs: Path, timeout: float = 10) -> bool:
+    """No process of this test's outputs folder lives (a kernel exits within about a second of its
+    worker: ipykernel's parent poller looks once a second)."""
+    deadline = time.monotonic() + timeout
+    while our_processes(outputs):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def kernel_of(outputs: Path) -> psutil.Process:
     kernels = [p for p in our_processes(outputs) if "ipykernel_launcher" in " ".join(p.cmdline())]
     assert len(kernels) == 1, kernels
@@ -148,7 +159,7 @@ def test_a_sweep_survives_a_killed_worker_process(tmp_path, grid):
     assert "a worker process died; running 2 cell(s) again" in out + err
     assert "resuming from" in (folder / "cells" / FIRST / "train_recipe.ipynb").read_text()
     assert all(read_json(folder / "cells" / key / "results" / "train_recipe.json") for key in (FIRST, SECOND))
-    assert not half_written(folder) and not our_processes(outputs)
+    assert not half_written(folder) and none_left(outputs)
 
 
 @pytest.mark.slow
@@ -159,8 +170,7 @@ def test_ctrl_c_stops_a_sweep_leaves_whole_files_and_prints_the_resume_command(t
     seconds, out, err = interrupt(sweep)
     assert sweep.returncode == 130 and seconds < 15, (seconds, err[-3000:])
     assert "interrupted" in err
-    time.sleep(2)  # a kernel exits within a second of its worker (ipykernel's parent poller)
-    assert not our_processes(outputs) and not half_written(folder)
+    assert none_left(outputs) and not half_written(folder)
     resumed = start(command_from(err), outputs)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
@@ -176,7 +186,7 @@ def test_ctrl_c_stops_compare_and_its_resume_command_continues_the_cell(tmp_path
     stamp = (folder / "cells" / "unimodal-fundus-seed0.json").stat().st_mtime_ns
     seconds, out, err = interrupt(compare)
     assert compare.returncode == 130 and seconds < 10, (seconds, err[-3000:])
-    assert not half_written(folder) and not our_processes(outputs)
+    assert not half_written(folder) and none_left(outputs)
     command = command_from(err)
     assert command[-3:] == ["--run", "cmp", "--resume"]
     resumed = start(command, outputs)
@@ -196,8 +206,7 @@ def test_ctrl_c_stops_remd_run_and_resume_skips_the_notebooks_it_finished(tmp_pa
     assert (folder / "00_data.ipynb").exists()
     seconds, out, err = interrupt(run)
     assert run.returncode == 130 and seconds < 15, (seconds, err[-3000:])
-    time.sleep(2)
-    assert not our_processes(outputs) and not half_written(folder)
+    assert none_left(outputs) and not half_written(folder)
     assert not (folder / "01_coupled_imbalance.ipynb").exists()  # only finished executions carry the final name
     command = command_from(err)
     assert command[-1] == "--resume"
