@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import load_torch, save_torch
+from .files import load_torch, remove_stale_temporaries, save_torch
 
 FORMAT = 1
 LAST = "last.pt"
@@ -74,6 +74,7 @@ class Checkpoints:
     def load(self) -> dict | None:
         """The last checkpoint, or ``None`` when there is none (or it was corrupt: then reported
         and moved aside, and the run starts over)."""
+        remove_stale_temporaries(self.folder)  # a write the killed run did not finish
         state = load_torch(self.last)
         if state is None:
             return None

@@ -28,7 +28,7 @@ CONFIGS = {  # strategies with state between steps, augmentation drawing from th
     "ogm_ge": dict(strategy="ogm_ge"),
     "stage1": dict(modalities=("oct",), contrastive=True, strategy_options={"unimodal_weight": 0.0}),
 }
-EPOCHS, BATCH, EVERY = 3, 8, 2
+EPOCHS, BATCH, EVERY = 3, 8, 1
 
 
 def config_for(name: str) -> TrainConfig:
@@ -53,8 +53,9 @@ CHILD = textwrap.dedent("""
 
 
 def run_and_kill_mid_epoch(name: str, folder) -> dict:
-    """Train in a real subprocess; SIGKILL it as soon as it has written a checkpoint in the middle
-    of its second epoch. Returns that checkpoint (what the resumed run starts from)."""
+    """Train in a real subprocess; SIGKILL it at a checkpoint written in the middle of an epoch after
+    the first. The child is frozen (SIGSTOP) while its newest checkpoint is read, so it cannot write
+    another before the verdict. Returns the checkpoint the resumed run starts from."""
     child = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(REPO_ROOT / "tests")), name, str(folder)],
                              cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     sidecar, seen = folder / "last.pt.sha256", None
@@ -66,12 +67,14 @@ def run_and_kill_mid_epoch(name: str, folder) -> dict:
             stamp = sidecar.stat().st_mtime_ns if sidecar.exists() else None
             if stamp is not None and stamp != seen:
                 seen = stamp
+                child.send_signal(signal.SIGSTOP)
                 state = torch.load(folder / "last.pt", weights_only=True)
-                if state["epoch"] == 1 and state["position"] > 0:
+                if state["epoch"] >= 1 and state["position"] > 0:
                     child.send_signal(signal.SIGKILL)
                     child.wait(30)
-                    return torch.load(folder / "last.pt", weights_only=True)
-            time.sleep(0.01)
+                    return state
+                child.send_signal(signal.SIGCONT)
+            time.sleep(0.005)
         pytest.fail("no mid-epoch checkpoint within 300 s")
     finally:
         if child.poll() is None:
@@ -95,8 +98,8 @@ def assert_same_run(a, b):
 def test_a_run_killed_mid_epoch_resumes_bit_identical(dataset, tmp_path, name):
     torch.set_num_threads(1)
     killed_at = run_and_kill_mid_epoch(name, tmp_path / "run")
-    assert killed_at["epoch"] == 1 and 0 < killed_at["position"] < len(dataset.train)
-    assert len(killed_at["step_rows"]) == killed_at["epoch_rows"][0]["epoch"] * (len(dataset.train) // BATCH)
+    assert 1 <= killed_at["epoch"] < EPOCHS and 0 < killed_at["position"] < len(dataset.train)
+    assert len(killed_at["step_rows"]) == killed_at["epoch"] * (len(dataset.train) // BATCH)
     resumed = fit(dataset, config_for(name), progress=False, checkpoint_dir=tmp_path / "run", resume=True,
                   checkpoint_every=EVERY)
     uninterrupted = fit(dataset, config_for(name), progress=False)
