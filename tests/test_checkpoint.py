@@ -65,7 +65,7 @@ def run_and_kill_mid_epoch(name: str, folder) -> dict:
             if child.poll() is not None:
                 pytest.fail(f"the child finished before it was killed: {child.stderr.read().decode()[-2000:]}")
             stamp = sidecar.stat().st_mtime_ns if sidecar.exists() else None
-            if stamp is not None and stamp != seen:
+            if stamp is not None and stamp != seen and (folder / "last.pt").exists():  # the sidecar comes first
                 seen = stamp
                 child.send_signal(signal.SIGSTOP)
                 state = torch.load(folder / "last.pt", weights_only=True)
