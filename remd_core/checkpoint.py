@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -106,9 +105,6 @@ class Checkpoints:
         if weights is None:
             raise CheckpointMismatchError(f"the best weights {self.folder / name} are missing or corrupt")
         return weights
-
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
 
     def _remove_stale(self, keep: str | None) -> None:
         for path in self.folder.glob("best-epoch*.pt*"):
