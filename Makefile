@@ -46,7 +46,7 @@ test-kernels: install
 
 # re-execute the committed notebooks at the smoke profile after changing them or the library
 notebooks: install
-	$(PY) -m remd_core.notebook_refresh
+	$(PY) -m remd_core.workbench.refresh
 
 lab: install
 	$(PY) -m jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)

@@ -123,7 +123,7 @@ from remd_core.optim import Losses, build_strategy
 from remd_core.optim.strategy import frozen_batchnorm_stats
 from remd_core.files import write_json
 from remd_core.paths import REPO_ROOT, outputs_dir
-from remd_core.provenance import git_revision
+from remd_core.experiments.provenance import git_revision
 from remd_core.trainer import resolve_device
 from remd_core.transforms import prepare_inputs, to_device
 
@@ -807,8 +807,8 @@ def end_to_end(args) -> dict:
                     "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": " ".join(sys.argv)},
            "runs": {}}
     if args.end_to_end:
-        from remd_core.notebook_runner import PROFILES as NOTEBOOK_PROFILES
-        from remd_core.recipes import run_recipe
+        from remd_core.workbench.runner import PROFILES as NOTEBOOK_PROFILES
+        from remd_core.experiments.recipes import run_recipe
         from remd_core.trainer import TrainConfig
 
         p = NOTEBOOK_PROFILES["cpu"]

@@ -26,7 +26,7 @@ SETTINGS = {
 }
 CHILD = """
 import json, sys, torch
-from remd_core.notebook import load_dataset, train_config
+from remd_core.workbench.setup import load_dataset, train_config
 from remd_core.trainer import fit
 from dataclasses import replace
 dataset = load_dataset("synthetic-stage2", 80, 32, 2)

@@ -17,12 +17,12 @@ import yaml
 
 from . import data
 from .config import ConfigError, from_dict
-from .compare import compare, summarize
-from .figures import compare_figure
+from .experiments.compare import compare, summarize
+from .workbench.figures import compare_figure
 from .models import EncoderConfig
 from .paths import display_path, outputs_dir
-from .provenance import write as write_provenance
-from .recipes import FUSION_RECIPES
+from .experiments.provenance import write as write_provenance
+from .experiments.recipes import FUSION_RECIPES
 from .trainer import TrainConfig
 
 BASELINE_RECIPES = ("unimodal-fundus", "unimodal-oct", "naive-fusion")
@@ -81,7 +81,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .notebook_runner import run_notebooks
+    from .workbench.runner import run_notebooks
 
     names = args.notebooks.split(",") if args.notebooks else None
     args.run = args.run or f"notebooks-{args.profile}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -96,7 +96,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import SweepError, group_summaries, load_grid, run_sweep, select_groups
+    from .workbench.sweep import SweepError, group_summaries, load_grid, run_sweep, select_groups
 
     start = time.perf_counter()
     failure = None

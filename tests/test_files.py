@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from remd_core.compare import compare
+from remd_core.experiments.compare import compare
 from remd_core.data import load
 from remd_core.files import (CorruptFileWarning, atomic_path, load_npz, read_json, remove_stale_temporaries, save_npz,
                              save_torch, write_json)
 from remd_core.models import EncoderConfig
-from remd_core.recipes import run_recipe
+from remd_core.experiments.recipes import run_recipe
 from remd_core.trainer import TrainConfig
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12)

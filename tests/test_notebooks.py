@@ -4,8 +4,8 @@ import nbformat
 import pytest
 
 from remd_core.config import ConfigError
-from remd_core.notebook_refresh import committed_notebooks
-from remd_core.notebook_runner import NOTEBOOK_DIR, PROFILES, notebook_parameters, ordered_notebooks, resolve_parameters, run_notebooks
+from remd_core.workbench.refresh import committed_notebooks
+from remd_core.workbench.runner import NOTEBOOK_DIR, PROFILES, notebook_parameters, ordered_notebooks, resolve_parameters, run_notebooks
 
 
 def test_every_notebook_follows_the_template():
@@ -61,7 +61,7 @@ def test_run_command_rejects_unknown_notebooks_and_parameters(tmp_path):
 
 
 def test_setup_fills_none_parameters_from_the_profile_named_or_in_the_environment(tmp_path, monkeypatch):
-    from remd_core.notebook import setup
+    from remd_core.workbench.setup import setup
 
     monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path))
     monkeypatch.setenv("REMD_PROFILE", "smoke")
@@ -81,7 +81,7 @@ def test_setup_fills_none_parameters_from_the_profile_named_or_in_the_environmen
 
 @pytest.mark.parametrize("path", committed_notebooks(), ids=lambda p: p.name)
 def test_committed_notebook_outputs_are_fresh_and_clean(path):
-    from remd_core.notebook_refresh import problems
+    from remd_core.workbench.refresh import problems
 
     assert problems(path) == [], f"{path.name}: run `make notebooks` and commit the result"
 
@@ -89,7 +89,7 @@ def test_committed_notebook_outputs_are_fresh_and_clean(path):
 def test_refresh_checks_catch_stale_outputs_counts_addresses_and_paths(tmp_path):
     from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-    from remd_core.notebook_refresh import STAMP, clean, problems, source_hash
+    from remd_core.workbench.refresh import STAMP, clean, problems, source_hash
 
     nb = new_notebook(cells=[new_code_cell("x = 1\nx", execution_count=3, outputs=[
         new_output("execute_result", {"text/plain": "<object at 0x7f3a2b>"}, execution_count=3),

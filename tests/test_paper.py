@@ -1,5 +1,5 @@
-from remd_core.paper import STAGE2, stage2_table
-from remd_core.recipes import PAPER_RECIPES, recipe
+from remd_core.experiments.paper import STAGE2, stage2_table
+from remd_core.experiments.recipes import PAPER_RECIPES, recipe
 
 
 def test_every_paper_number_is_keyed_by_a_recipe_and_a_model_it_produces():

@@ -3,10 +3,10 @@ import pandas as pd
 import pytest
 import torch
 
-from remd_core.compare import compare, summarize
+from remd_core.experiments.compare import compare, summarize
 from remd_core.data import load
 from remd_core.models import EncoderConfig
-from remd_core.recipes import PAPER_RECIPES, recipe, recipes_for, run_recipe, stage2_options
+from remd_core.experiments.recipes import PAPER_RECIPES, recipe, recipes_for, run_recipe, stage2_options
 from remd_core.trainer import TrainConfig
 
 SMALL = dict(n_eyes=60, image_size=16, oct_size=16, n_bscans=2, test=15, val=10, cache=False)
@@ -36,7 +36,7 @@ def test_every_paper_recipe_runs_on_a_tiny_set_and_resumes(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_stage2_starts_from_the_stage1_encoders(dataset, tmp_path):
-    from remd_core.recipes import stage1
+    from remd_core.experiments.recipes import stage1
 
     paths, rows = stage1(dataset, BASE, "adaptive", tmp_path, progress=False)
     assert set(paths) == {"fundus", "oct"} and {r["model"] for r in rows} == {"fundus", "oct"}
@@ -98,7 +98,7 @@ def test_stage1_cache_lock_excludes_a_second_process(tmp_path):
     import subprocess
     import sys
 
-    from remd_core.recipes import _locked
+    from remd_core.experiments.recipes import _locked
 
     probe = ("import fcntl, sys; f = open(sys.argv[1], 'w')\n"
              "try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
@@ -123,7 +123,7 @@ def test_a_mistyped_stage2_option_fails_before_stage1_trains(dataset, tmp_path):
 
 def test_training_settings_from_a_command_line_or_notebook_are_strict():
     from remd_core.config import ConfigError
-    from remd_core.notebook import train_config
+    from remd_core.workbench.setup import train_config
 
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['margin_mo'\] for the notebook's training settings; "
                                           r"allowed keys are: .*margin_m0"):

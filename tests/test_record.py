@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import plotly.express as px  # noqa: E402
 
-from remd_core.record import record_results, save_figure, save_table  # noqa: E402
+from remd_core.workbench.record import record_results, save_figure, save_table  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -277,7 +277,7 @@ def test_bench_steps_runs_and_writes_its_table(profile, extra, stem, batches, tm
 
 
 def test_bench_end_to_end_times_both_stages_of_re_m3dr(tmp_path, monkeypatch):
-    from remd_core import notebook_runner
+    from remd_core.workbench import runner as notebook_runner
 
     monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path / "outputs"))
     tiny = {**notebook_runner.PROFILES["cpu"], "N_EYES": 40, "IMAGE_SIZE": 16, "N_BSCANS": 2, "EPOCHS": 1,

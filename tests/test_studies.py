@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from remd_core import studies
+from remd_core.experiments import studies
 from remd_core.data import load
 from remd_core.diagnosis import fixed_batch_loss
 from remd_core.models import EncoderConfig, MultimodalRegressor

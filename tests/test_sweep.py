@@ -6,7 +6,7 @@ import pytest
 
 from remd_core.config import ConfigError
 from remd_core.paths import REPO_ROOT
-from remd_core.sweep import (SweepError, cell_key, collect, expand, group_summaries, load_grid, run_sweep, schedule,
+from remd_core.workbench.sweep import (SweepError, cell_key, collect, expand, group_summaries, load_grid, run_sweep, schedule,
                              summarize)
 
 PAPER = REPO_ROOT / "sweeps" / "paper.yaml"
@@ -28,7 +28,7 @@ BROKEN = "synthetic-stage2__unimodal-oct__seed0__LR=-1"
 def test_cell_notebook_follows_the_template_and_the_agreed_parameters():
     import nbformat
 
-    from remd_core.notebook_runner import NOTEBOOK_DIR, notebook_parameters
+    from remd_core.workbench.runner import NOTEBOOK_DIR, notebook_parameters
 
     path = NOTEBOOK_DIR / "cells" / "train_recipe.ipynb"
     nb = nbformat.read(path, as_version=4)

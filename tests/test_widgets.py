@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from remd_core.optim import modulation_gamma
-from remd_core.widgets import gamma_view, margin_view, replay_gamma, show_gamma_widget, show_margin_widget
+from remd_core.workbench.widgets import gamma_view, margin_view, replay_gamma, show_gamma_widget, show_margin_widget
 
 matplotlib.use("Agg")
 
@@ -72,7 +72,7 @@ def test_slider_changes_redraw_in_a_real_kernel():
             client.shell_channel.send(msg)
             return outputs_of(msg["header"]["msg_id"])[0]
 
-        images, _ = run("import numpy as np\nfrom remd_core.widgets import show_margin_widget, show_gamma_widget\n"
+        images, _ = run("import numpy as np\nfrom remd_core.workbench.widgets import show_margin_widget, show_gamma_widget\n"
                         "m = show_margin_widget(np.linspace(-1, 1, 8), total_steps=2000)")
         assert images >= 1  # the static rendering of the defaults
         _, (ids,) = run("m.children[0].model_id, m.children[3].model_id")

@@ -15,10 +15,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .config import ConfigError
-from .files import read_json, write_json
-from .paths import REPO_ROOT, display_path, outputs_dir
-from .provenance import write as write_provenance
+from ..config import ConfigError
+from ..files import read_json, write_json
+from ..paths import REPO_ROOT, display_path, outputs_dir
+from ..experiments.provenance import write as write_provenance
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 

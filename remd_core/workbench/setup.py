@@ -16,13 +16,13 @@ from dataclasses import replace
 
 import pandas as pd
 
-from . import data
-from .config import ConfigError, from_dict
-from .models import EncoderConfig
-from .notebook_runner import PROFILES
-from .paths import display_path
+from .. import data
+from ..config import ConfigError, from_dict
+from ..models import EncoderConfig
+from .runner import PROFILES
+from ..paths import display_path
 from .record import run_folder
-from .trainer import TrainConfig
+from ..trainer import TrainConfig
 
 DEFAULT_PROFILE = "cpu"
 

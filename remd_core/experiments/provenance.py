@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from .files import write_text
-from .paths import REPO_ROOT
+from ..files import write_text
+from ..paths import REPO_ROOT
 
 PACKAGES = ("remd-core", "torch", "numpy", "pandas", "scipy", "matplotlib", "papermill", "plotly")
 

@@ -21,11 +21,11 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
-from .data.format import MultimodalDataset, MultimodalSplit
-from .diagnosis import fixed_batch_loss, random_direction, sharpness_from_slice, slice_1d, top_hessian_eigenvalue
-from .models import MultimodalRegressor
-from .trainer import FitResult, TrainConfig, fit, load_encoders
-from .transforms import prepare_inputs
+from ..data.format import MultimodalDataset, MultimodalSplit
+from ..diagnosis import fixed_batch_loss, random_direction, sharpness_from_slice, slice_1d, top_hessian_eigenvalue
+from ..models import MultimodalRegressor
+from ..trainer import FitResult, TrainConfig, fit, load_encoders
+from ..transforms import prepare_inputs
 
 
 def subset_runs(dataset: MultimodalDataset, base: TrainConfig, subsets=("all", "head", "tail"),

@@ -55,12 +55,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import compare
-from .config import ConfigError
-from .notebook_runner import NOTEBOOK_DIR, execute_notebook, notebook_parameters, resolve_parameters
-from .files import atomic_path, read_json, remove_stale_temporaries, write_json, write_text
-from .paths import REPO_ROOT, display_path
-from .provenance import write as write_provenance
+from ..experiments import compare
+from ..config import ConfigError
+from .runner import NOTEBOOK_DIR, execute_notebook, notebook_parameters, resolve_parameters
+from ..files import atomic_path, read_json, remove_stale_temporaries, write_json, write_text
+from ..paths import REPO_ROOT, display_path
+from ..experiments.provenance import write as write_provenance
 
 SWEEP_DIR = REPO_ROOT / "sweeps"
 DEFAULT_NOTEBOOK = "cells/train_recipe.ipynb"
@@ -192,8 +192,8 @@ def _check_keys(values: dict, allowed: tuple, context: str) -> None:
 
 
 def _subgrid(values: dict, defaults: dict, notebook: str, context: str) -> SubGrid:
-    from . import data
-    from .recipes import recipe
+    from .. import data
+    from ..experiments.recipes import recipe
 
     axes = {}
     for axis, kind in (("datasets", str), ("recipes", str), ("seeds", int)):
@@ -319,7 +319,7 @@ def schedule(cells: list[Cell]) -> list[Cell]:
     """Execution order: first one cell of each group of cells sharing stage-1 encoders (it trains
     them), then the cells without stage 1, then the other cells of each group, which by then mostly
     find their encoders trained instead of waiting on the cache lock."""
-    from .recipes import recipe
+    from ..experiments.recipes import recipe
 
     leaders, single, followers, seen = [], [], [], set()
     for cell in cells:

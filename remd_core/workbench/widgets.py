@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .losses import margin_schedule, positive_mask
-from .optim import modulation_gamma
+from ..losses import margin_schedule, positive_mask
+from ..optim import modulation_gamma
 
 
 def margin_view(y_batch, m0: float, beta: float, t_n: int, step: int, total_steps: int):

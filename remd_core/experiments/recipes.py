@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.format import MultimodalDataset
-from .files import load_torch, read_json, write_json
-from .optim import build_strategy
-from .trainer import FitResult, TrainConfig, fit, save_encoders
+from ..data.format import MultimodalDataset
+from ..files import load_torch, read_json, write_json
+from ..optim import build_strategy
+from ..trainer import FitResult, TrainConfig, fit, save_encoders
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def stage2_options(r: Recipe, overrides: dict[str, dict] | None = None) -> dict:
     can be given to every recipe of a sweep and reaches only the recipes that use that strategy.
     Strategy names are checked (a typo is an error, not a silent no-op); option names are checked
     by the strategy's config when it is built."""
-    from .optim import STRATEGIES
+    from ..optim import STRATEGIES
 
     overrides = overrides or {}
     unknown = sorted(set(overrides) - set(STRATEGIES))

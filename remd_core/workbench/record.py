@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import atomic_path, write_json
-from .paths import outputs_dir
+from ..files import atomic_path, write_json
+from ..paths import outputs_dir
 
 
 def run_folder(run_dir: str | Path = "") -> Path:

@@ -28,7 +28,7 @@ MACHINE_PATH = re.compile(r"(?<![\w.])/(?:tmp|home|root|work|Users|var/folders|p
 
 def committed_notebooks() -> list[Path]:
     """The notebooks whose outputs are committed: the ordered ones and the sweep's cell notebooks."""
-    from .notebook_runner import NOTEBOOK_DIR, ordered_notebooks
+    from .runner import NOTEBOOK_DIR, ordered_notebooks
 
     return ordered_notebooks() + sorted((NOTEBOOK_DIR / "cells").glob("*.ipynb"))
 
@@ -135,11 +135,11 @@ def problems(path: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m remd_core.notebook_refresh [NAME ...]``: refresh the named committed notebooks
+    """``python -m remd_core.workbench.refresh [NAME ...]``: refresh the named committed notebooks
     (default: all of them, the ordered ones and the sweep's cell notebook)."""
     import sys
 
-    from .notebook_runner import NOTEBOOK_DIR
+    from .runner import NOTEBOOK_DIR
 
     names = sys.argv[1:] if argv is None else argv
     paths = committed_notebooks()

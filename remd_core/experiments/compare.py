@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data.format import MultimodalDataset
-from .files import atomic_path, read_json, remove_stale_temporaries, write_json
+from ..data.format import MultimodalDataset
+from ..files import atomic_path, read_json, remove_stale_temporaries, write_json
 from .recipes import recipes_for, run_recipe
-from .trainer import TrainConfig
+from ..trainer import TrainConfig
 
 RESULT_KEYS = ("recipe", "model", "seed", "test_r2")
 SUMMARY_METRICS = ("test_r2", "test_mse", "test_mae", "test_stage_score", "many_mse", "medium_mse", "few_mse",
