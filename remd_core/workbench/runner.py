@@ -42,6 +42,44 @@ PROFILES = {
 }
 
 
+# Notebook parameters that are library settings. Their home is the config dataclass; a parameter cell
+# holds ``None`` for them, and ``setup`` (in a kernel) or ``notebook_defaults`` (for a grid) read the
+# dataclass field, so a default is changed in one place. Values a profile sets (``EPOCHS``, ``ARCH``,
+# ...) come from the profile first.
+LIBRARY_SETTINGS = {
+    "BATCH_SIZE": ("train", "batch_size"), "LR": ("train", "lr"), "MARGIN_M0": ("train", "margin_m0"),
+    "MARGIN_BETA": ("train", "margin_beta"), "MARGIN_WARMUP": ("train", "margin_warmup"),
+    "GAMMA_BASE": ("sgm", "gamma_base"), "GAMMA_MIN": ("sgm", "gamma_min"), "GAMMA_MAX": ("sgm", "gamma_max"),
+    "WINDOW": ("sgm", "window"), "SHARPNESS": ("sgm", "sharpness"),
+}
+
+
+def library_default(name: str):
+    """The config dataclass's default of notebook parameter ``name`` (``LIBRARY_SETTINGS``)."""
+    from ..optim.sgm import SGMConfig
+    from ..trainer import TrainConfig
+
+    config, field = LIBRARY_SETTINGS[name]
+    return getattr({"train": TrainConfig, "sgm": SGMConfig}[config](), field)
+
+
+def fill_defaults(params: dict, profile: str) -> dict:
+    """``params`` with each ``None`` replaced by the profile's value, else the library default;
+    a ``None`` that neither sets is an error naming the parameter."""
+    values = PROFILES[profile]
+    out = dict(params)
+    for name, value in params.items():
+        if value is None:
+            if name in values:
+                out[name] = values[name]
+            elif name in LIBRARY_SETTINGS:
+                out[name] = library_default(name)
+            else:
+                raise ConfigError(f"parameter {name} is None and neither profile {profile!r} nor the library sets "
+                                  f"it; the profile sets {sorted(values)}, the library {sorted(LIBRARY_SETTINGS)}")
+    return out
+
+
 def ordered_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
     """Notebooks named ``NN_name.ipynb``, in order."""
     return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
@@ -59,6 +97,13 @@ def notebook_parameters(path: Path) -> dict:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             values[node.targets[0].id] = ast.literal_eval(node.value)
     return values
+
+
+def notebook_defaults(path: Path) -> dict:
+    """The declared parameters, with ``None`` for a library setting replaced by its library default
+    (profile-dependent values stay ``None``): what a grid compares a cell's values against."""
+    return {k: library_default(k) if v is None and k in LIBRARY_SETTINGS else v
+            for k, v in notebook_parameters(path).items()}
 
 
 def resolve_parameters(path: Path, profile: str, overrides: dict, run_dir: Path) -> dict:

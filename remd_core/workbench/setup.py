@@ -2,7 +2,8 @@
 
 The notebook template's ``parameters`` cell holds flat UPPER_CASE literals. Parameters whose value
 depends on the scale of the run (data size, image size, epochs, seeds, backbone) are ``None`` there
-and come from a profile (``notebook_runner.PROFILES``): ``PROFILE`` names it; an empty ``PROFILE``
+and come from a profile (``runner.PROFILES``); library settings (batch size, margin, gamma, ...) are
+``None`` there too and come from their config dataclass (``runner.LIBRARY_SETTINGS``): ``PROFILE`` names it; an empty ``PROFILE``
 reads ``$REMD_PROFILE`` (``make test`` sets ``smoke`` for nbval) and falls back to ``cpu``. So the
 same committed notebook runs at CI scale under nbval, at this machine's scale in JupyterLab, and at
 any scale under ``remd run --profile``, which passes the profile's values explicitly.
@@ -19,7 +20,7 @@ import pandas as pd
 from .. import data
 from ..config import ConfigError, from_dict
 from ..models import EncoderConfig
-from .runner import PROFILES
+from .runner import PROFILES, fill_defaults
 from ..paths import display_path
 from .record import run_folder
 from ..trainer import TrainConfig
@@ -35,20 +36,14 @@ def resolve_profile(name: str = "") -> str:
 
 
 def setup(namespace: dict) -> pd.Series:
-    """Fill the notebook's ``None`` parameters from its profile, in ``namespace`` (the notebook's
+    """Fill the notebook's ``None`` parameters from its profile or the library defaults, in ``namespace`` (the notebook's
     ``globals()``); set ``PROFILE`` and ``RUN_DIR`` (empty: ``outputs/interactive``); make plotly
     figures travel as JSON (no copy of plotly.js inside every notebook). Returns the effective
     parameters, which the notebook displays so every result states the scale that produced it."""
     profile = resolve_profile(namespace.get("PROFILE", ""))
     namespace["PROFILE"] = profile
-    values = PROFILES[profile]
     params = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
-    for name, value in params.items():
-        if value is None:
-            if name not in values:
-                raise ConfigError(f"parameter {name} is None and profile {profile!r} has no value for it; "
-                                  f"the profile sets {sorted(values)}")
-            namespace[name] = values[name]
+    namespace.update(fill_defaults(params, profile))
     namespace["RUN_DIR"] = str(run_folder(namespace.get("RUN_DIR", "")))
 
     with warnings.catch_warnings():  # kaleido 0.2.1 sets options plotly 6 deprecates (see pyproject.toml)

@@ -57,7 +57,7 @@ import yaml
 
 from ..experiments import compare
 from ..config import ConfigError
-from .runner import NOTEBOOK_DIR, execute_notebook, notebook_parameters, resolve_parameters
+from .runner import NOTEBOOK_DIR, execute_notebook, notebook_defaults, resolve_parameters
 from ..files import atomic_path, read_json, remove_stale_temporaries, write_json, write_text
 from ..paths import REPO_ROOT, display_path
 from ..experiments.provenance import write as write_provenance
@@ -162,7 +162,7 @@ def load_grid(path: str | Path) -> Grid:
     notebook = NOTEBOOK_DIR / raw.get("notebook", DEFAULT_NOTEBOOK)
     if not notebook.exists():
         raise ConfigError(f"{where}: notebook {raw.get('notebook', DEFAULT_NOTEBOOK)!r} is not under notebooks/")
-    defaults = notebook_parameters(notebook)
+    defaults = notebook_defaults(notebook)
     missing = [p for p in REQUIRED if p not in defaults]
     if missing:
         raise ConfigError(f"{where}: the cell notebook {notebook.name} does not declare {missing}")
