@@ -17,7 +17,8 @@ import yaml
 
 from . import data
 from .config import ConfigError, from_dict
-from .experiments.compare import compare, summarize
+from .experiments.compare import compare
+from .experiments.results import summarize
 from .workbench.figures import compare_figure
 from .models import EncoderConfig
 from .paths import display_path, outputs_dir
@@ -106,7 +107,9 @@ def cmd_sweep(args) -> int:
         groups = args.groups.split(",") if args.groups else None
         folder = outputs_dir() / (args.run or f"sweep-{grid.name}")
         args.resume_command = resume_command(args, folder.name, flag=False)
-        table = run_sweep(grid, folder, args.profile, seeds, groups, parse_assignments(args.set), args.workers)
+        tls = {k: v for k, v in (("ca", args.tls_ca), ("cert", args.tls_cert), ("key", args.tls_key)) if v}
+        table = run_sweep(grid, folder, args.profile, seeds, groups, parse_assignments(args.set), args.workers,
+                          scheduler=args.scheduler, slurm=args.slurm, tls=tls or None)
     except SweepError as err:
         table, failure = err.table, err
     except ConfigError as err:  # a mistake in the grid or the command, found before anything ran
@@ -172,7 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--groups", default=None,
                    help="comma-separated sub-grids; a name also selects NAME_* (default: all)")
     w.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="notebook parameters for every cell")
-    w.add_argument("--workers", type=int, default=None, help="parallel local workers (default: the CPU count)")
+    w.add_argument("--workers", type=int, default=None,
+                   help="worker processes of the embedded local Dask cluster (default: the CPU count)")
+    w.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the cells on the existing Dask cluster at ADDRESS (tls://host:8786); default: "
+                        "$REMD_SCHEDULER, else a local cluster this command starts and closes")
+    w.add_argument("--slurm", default=None, metavar="PROFILE",
+                   help="run the cells on a Slurm cluster: a profile in clusters/ (gpu) or a YAML file")
+    for name, what in (("ca", "certificate authority"), ("cert", "client certificate"), ("key", "client key")):
+        w.add_argument(f"--tls-{name}", default=None, metavar="FILE",
+                       help=f"TLS {what} for --scheduler (default: $REMD_TLS_{name.upper()})")
     w.add_argument("--run", default=None, help="run folder under outputs/ (default: sweep-<grid name>); rerun: resume")
     w.set_defaults(func=cmd_sweep)
     return parser

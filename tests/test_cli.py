@@ -25,8 +25,8 @@ def test_baselines_command_writes_results_and_resumes(tmp_path):
     assert results["test_n"].eq(15).all()
     summary = pd.read_csv(folder / "summary.csv")
     assert summary["test_r2_mean"].tolist() == pytest.approx(results["test_r2"].tolist())
-    cell = json.loads((folder / "cells" / "naive-fusion-seed0.json").read_text())
-    assert len(cell[0]["test_predictions"]) == 15
+    cell = json.loads((folder / "cells" / "synthetic-stage2__naive-fusion__seed0" / "results" / "compare.json").read_text())
+    assert len(cell["rows"][0]["test_predictions"]) == 15
     assert (folder / "test_r2.png").stat().st_size > 10_000
     provenance = json.loads((folder / "provenance.json").read_text())
     assert provenance["packages"]["torch"] and provenance["dataset"] == "synthetic-stage2"

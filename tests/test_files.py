@@ -71,14 +71,14 @@ def test_npz_round_trip_and_truncation(tmp_path):
 def test_a_corrupt_comparison_result_is_recomputed(tmp_path):
     dataset = load("synthetic-stage2", **SMALL, cache=False)
     compare(dataset, ["unimodal-oct"], [0], BASE, tmp_path, progress=False, log=lambda _: None)
-    cell = tmp_path / "cells" / "unimodal-oct-seed0.json"
+    cell = tmp_path / "cells" / f"{dataset.name}__unimodal-oct__seed0" / "results" / "compare.json"
     before = json.loads(cell.read_text())
     truncate(cell, 0.3)
     messages = []
-    with pytest.warns(CorruptFileWarning, match="unimodal-oct-seed0.json is corrupt"):
+    with pytest.warns(CorruptFileWarning, match="compare.json is corrupt"):
         compare(dataset, ["unimodal-oct"], [0], BASE, tmp_path, progress=False, log=messages.append)
     assert not any("skipped" in m for m in messages)  # run again, not read
-    assert json.loads(cell.read_text())[0]["test_r2"] == before[0]["test_r2"]
+    assert json.loads(cell.read_text())["rows"][0]["test_r2"] == before["rows"][0]["test_r2"]
 
 
 def test_a_corrupt_stage1_encoder_is_retrained_not_loaded(tmp_path):

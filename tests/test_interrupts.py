@@ -182,8 +182,10 @@ def test_ctrl_c_stops_compare_and_its_resume_command_continues_the_cell(tmp_path
     outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "cmp"
     args = ["compare", "--recipes", "unimodal-fundus,naive-fusion", "--seeds", "0", *COMPARE_DATA, "--run", "cmp"]
     compare = start(args, outputs)
-    wait_for(lambda: mid_run(folder / "checkpoints" / "naive-fusion-seed0" / "last.pt"), compare)
-    stamp = (folder / "cells" / "unimodal-fundus-seed0.json").stat().st_mtime_ns
+    cells = folder / "cells"
+    wait_for(lambda: mid_run(cells / "synthetic-stage2__naive-fusion__seed0" / "checkpoints" / "last.pt"), compare)
+    finished = cells / "synthetic-stage2__unimodal-fundus__seed0" / "results" / "compare.json"
+    stamp = finished.stat().st_mtime_ns
     seconds, out, err = interrupt(compare)
     assert compare.returncode == 130 and seconds < 10, (seconds, err[-3000:])
     assert not half_written(folder) and none_left(outputs)
@@ -194,8 +196,8 @@ def test_ctrl_c_stops_compare_and_its_resume_command_continues_the_cell(tmp_path
     assert resumed.returncode == 0, err
     assert "unimodal-fundus seed 0: done earlier, skipped" in out
     assert "naive-fusion seed 0: continuing from its checkpoint" in out and "resuming from" in err
-    assert (folder / "cells" / "unimodal-fundus-seed0.json").stat().st_mtime_ns == stamp
-    assert (folder / "results.csv").exists() and not (folder / "checkpoints" / "naive-fusion-seed0").exists()
+    assert finished.stat().st_mtime_ns == stamp
+    assert (folder / "results.csv").exists() and not (cells / "synthetic-stage2__naive-fusion__seed0" / "checkpoints").exists()
 
 
 @pytest.mark.slow

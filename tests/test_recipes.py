@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 import torch
 
-from remd_core.experiments.compare import compare, summarize
+from remd_core.experiments.compare import compare
+from remd_core.experiments.results import summarize
 from remd_core.data import load
 from remd_core.models import EncoderConfig
 from remd_core.experiments.recipes import PAPER_RECIPES, recipe, recipes_for, run_recipe, stage2_options
@@ -28,7 +29,7 @@ def test_every_paper_recipe_runs_on_a_tiny_set_and_resumes(dataset, tmp_path):
     # stage 1 is trained once per margin kind and reused by the four recipes that start from it
     stage1 = sorted(p.name for p in (tmp_path / "stage1").iterdir())
     assert len(stage1) == 2 and stage1[0].startswith("adaptive") and stage1[1].startswith("fixed")
-    history = pd.read_csv(tmp_path / "cells" / "re-m3dr-seed0.history.csv")
+    history = pd.read_csv(tmp_path / "cells" / f"{dataset.name}__re-m3dr__seed0" / "history.csv")
     assert {"gamma", "sharpness", "cos", "loss_fundus", "loss_oct"} <= set(history.columns)
     again = compare(dataset, list(PAPER_RECIPES), [0], BASE, tmp_path, progress=False, log=lambda *_: None)
     pd.testing.assert_frame_equal(again, results)

@@ -6,8 +6,8 @@ import pytest
 
 from remd_core.config import ConfigError
 from remd_core.paths import REPO_ROOT
-from remd_core.workbench.sweep import (SweepError, cell_key, collect, expand, group_summaries, load_grid, run_sweep, schedule,
-                             summarize)
+from remd_core.experiments.grid import cell_key, expand, schedule
+from remd_core.workbench.sweep import STAGE2_ONLY, SweepError, collect, group_summaries, load_grid, run_sweep, summarize
 
 PAPER = REPO_ROOT / "sweeps" / "paper.yaml"
 MINI = """
@@ -17,12 +17,12 @@ seeds: [0]
 grids:
   main:
     recipes: [unimodal-fundus, naive-fusion]
-  broken:                      # fails inside the notebook: TrainConfig rejects lr <= 0
+  broken:                      # fails inside the notebook: no such backbone
     recipes: [unimodal-oct]
-    params: {LR: [-1.0]}
+    params: {ARCH: [resnet7]}
 """
 GOOD = ["synthetic-stage2__unimodal-fundus__seed0", "synthetic-stage2__naive-fusion__seed0"]
-BROKEN = "synthetic-stage2__unimodal-oct__seed0__LR=-1"
+BROKEN = "synthetic-stage2__unimodal-oct__seed0__ARCH=resnet7"
 
 
 def test_cell_notebook_follows_the_template_and_the_agreed_parameters():
@@ -69,8 +69,13 @@ def test_parameters_must_be_declared_by_the_cell_notebook(tmp_path):
     grid = load_grid(grid_file(tmp_path, MINI))
     with pytest.raises(ConfigError, match="EPOCH"):  # overrides too, before anything runs
         run_sweep(grid, tmp_path / "run", profile="smoke", overrides={"EPOCH": 3}, progress=False)
-    with pytest.raises(ConfigError, match="LR.*set by the grid"):
-        run_sweep(grid, tmp_path / "run", profile="smoke", overrides={"LR": 0.01}, progress=False)
+    with pytest.raises(ConfigError, match="ARCH.*set by the grid"):
+        run_sweep(grid, tmp_path / "run", profile="smoke", overrides={"ARCH": "resnet34"}, progress=False)
+    # a value the library's config rejects fails before any cell runs, naming the cell
+    bad_sgm = load_grid(grid_file(tmp_path, base + "params: {GAMMA_MIN: [9.0]}\n", "sgm.yaml"))
+    with pytest.raises(ConfigError, match=r"cell synthetic-stage2__re-m3dr__seed0__GAMMA_MIN=9: need gamma_base > 0 "
+                                          r"and 0 <= gamma_min <= gamma_max; got 1.5, 9.0, 5.0"):
+        run_sweep(bad_sgm, tmp_path / "run", profile="smoke", progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -90,7 +95,7 @@ def test_paper_grid_is_the_union_of_its_tables_without_duplicates():
     assert [c.params["RECIPE"] for c in table2] == ["re-m3dr", "wo-am", "am-only", "am-naive-fusion", "am-mmpareto",
                                                    "pretrained-naive-fusion"]
     # stage-1 trainers first: one cell per shared set of encoders, then cells without stage 1
-    order = [c.params["RECIPE"] for c in schedule(expand(grid, seeds=[0], groups=["table1", "table2"]))]
+    order = [c.params["RECIPE"] for c in schedule(expand(grid, seeds=[0], groups=["table1", "table2"]), STAGE2_ONLY)]
     assert order[:3] == ["re-m3dr", "wo-am", "pretrained-naive-fusion"] and order[-3:] == [
         "am-only", "am-naive-fusion", "am-mmpareto"]
 
@@ -116,7 +121,7 @@ def test_keys_are_stable_readable_and_safe():
     assert "/" not in odd and " " not in odd and odd != cell_key({**params, "ARCH": "a-b-c"})
     long = cell_key({**params, **{f"P{i}": 0.123456 for i in range(12)}})
     assert len(long) <= 100 and long == cell_key({**params, **{f"P{i}": 0.123456 for i in range(12)}})
-    assert [c.key for c in expand(PAPER)] == [c.key for c in expand(PAPER)]
+    assert [c.key for c in expand(load_grid(PAPER))] == [c.key for c in expand(load_grid(PAPER))]
 
 
 def test_summary_refuses_to_average_different_settings():
@@ -142,13 +147,13 @@ def test_sweep_runs_cells_in_parallel_resumes_and_reports_failures(tmp_path, mon
         run_sweep(grid, folder, profile="smoke", workers=2, progress=False)
     assert list(failure.value.failed) == [BROKEN]
     error = (folder / "cells" / BROKEN / "error.txt").read_text()
-    assert BROKEN in error and "lr > 0" in error and not (folder / "cells" / BROKEN / "results").exists()
+    assert BROKEN in error and "resnet7" in error and not (folder / "cells" / BROKEN / "results").exists()
 
     # the finished cells survive the failure: the table holds exactly their recorded rows
     table = pd.read_csv(folder / "results.csv")
     assert table["cell"].tolist() == GOOD and table["model"].tolist() == ["fundus", "fusion"]
     assert (table["groups"] == "main").all() and (table["profile"] == "smoke").all() and (table["epochs"] == 1).all()
-    assert (table["LR"] == 0.001).all()  # swept somewhere in the grid: a column at each cell's effective value
+    assert (table["ARCH"] == "resnet18").all()  # swept somewhere in the grid: a column at each cell's effective value
     for key, row in zip(GOOD, table.itertuples()):
         recorded = json.loads((folder / "cells" / key / "results" / "train_recipe.json").read_text())
         assert recorded["parameters"]["PROFILE"] == "smoke" and len(recorded["rows"]) == 1

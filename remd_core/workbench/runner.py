@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -121,27 +123,67 @@ def resolve_parameters(path: Path, profile: str, overrides: dict, run_dir: Path)
     return params
 
 
-def execute_notebook(path: Path, output: Path, params: dict) -> None:
+def kernel_manager(socket_dir: str, log: Path | None = None) -> type:
+    """A kernel manager class for one execution: the kernel talks to papermill over Unix sockets in
+    ``socket_dir`` (IPC transport), not over TCP ports. Kernels started at once on one machine
+    choose their TCP ports independently and can collide (nteract/papermill#511: a kernel that never
+    answers, or one cell's messages in another's notebook); socket files are private to the
+    execution, and no port is opened to the network. The kernel's own stdout and stderr (warnings,
+    progress bars) go to ``log`` when given."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class CellKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+        @default("ip")
+        def _default_ip(self):
+            return os.path.join(socket_dir, "kernel")
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if log is not None:
+                handle = open(log, "ab")  # the kernel process holds it; closed here once it is started
+                kw.update(stdout=handle, stderr=handle)
+                try:
+                    await super()._async_launch_kernel(kernel_cmd, **kw)
+                finally:
+                    handle.close()
+            else:
+                await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return CellKernelManager
+
+
+def execute_notebook(path: Path, output: Path, params: dict, kernel_log: Path | None = None,
+                     progress: bool = False) -> None:
     """Execute ``path`` with papermill into ``output``. Papermill saves the notebook as it goes,
     under ``<name>.running.ipynb``; it becomes ``output`` when the execution ends (a failed one
-    included, with its error), so a file under the final name is always a finished execution."""
+    included, with its error), so a file under the final name is always a finished execution.
+    The kernel runs on private Unix sockets (``kernel_manager``); ``progress`` shows a bar of the
+    notebook's cells done."""
     import papermill
 
     running = output.with_name(f"{output.stem}.running.ipynb")
-    try:
-        papermill.execute_notebook(str(path), str(running), parameters=params, kernel_name="python3",
-                                   cwd=str(path.parent), progress_bar=False)
-    except papermill.PapermillExecutionError:
-        running.replace(output)
-        raise
+    # short: a Unix socket path must fit in about 100 characters
+    with tempfile.TemporaryDirectory(prefix="remd-k") as sockets:
+        try:
+            papermill.execute_notebook(str(path), str(running), parameters=params, kernel_name="python3",
+                                       cwd=str(path.parent), progress_bar=progress,
+                                       kernel_manager_class=kernel_manager(sockets, kernel_log))
+        except papermill.PapermillExecutionError:
+            running.replace(output)
+            raise
     running.replace(output)
 
 
 def run_notebooks(profile: str = "cpu", run: str | None = None, names: list[str] | None = None,
-                  overrides: dict | None = None, resume: bool = False) -> Path:
+                  overrides: dict | None = None, resume: bool = False, progress: bool = True) -> Path:
     """Execute the ordered notebooks (or ``names``) at ``profile`` into ``outputs/<run>/``.
     ``resume=True`` continues run folder ``run``: the notebooks it executed without error are
-    skipped (``run.json`` lists them), the others run; the profile and overrides must be the run's."""
+    skipped (``run.json`` lists them), the others run; the profile and overrides must be the run's.
+    ``progress`` shows each notebook's cells done as it runs."""
     notebooks = ordered_notebooks()
     if names:
         chosen = [p for p in notebooks if p.stem in names or p.stem.split("_", 1)[0] in names]
@@ -172,7 +214,7 @@ def run_notebooks(profile: str = "cpu", run: str | None = None, names: list[str]
         # whole lines: a kernel's warnings on the same line would be filtered out with it (`make run`)
         print(f"[{i}/{len(plans)}] {path.name} at the {profile} profile ...", flush=True)
         start = time.perf_counter()
-        execute_notebook(path, folder / path.name, params)
+        execute_notebook(path, folder / path.name, params, progress=progress)
         print(f"[{i}/{len(plans)}] {path.name} done in {time.perf_counter() - start:.0f} s", flush=True)
         finished.append(path.name)
         write_json(folder / "run.json", {**settings, "finished": finished})
