@@ -3,19 +3,28 @@ margin (m0, beta, t_n; section 4.1) and SGM's modulation (gamma_base, gamma_min,
 section 4.2).
 
 The callbacks are plain library functions (``margin_view``, ``replay_gamma``, ``gamma_view``),
-tested on their own; the widget builders only wire sliders to them. ``show_*`` first draws a
-static figure at the given values, so a headless papermill or nbval run records a picture and
-never waits for input, then shows the sliders (which do something only in a live kernel).
+tested on their own; the widget builders only wire sliders to them. Each widget is one
+``LiveFigure``: its sliders above one figure that they redraw in place. Its display also carries
+that figure as a PNG, so a notebook executed without a frontend (papermill, nbval) records one
+picture and never waits for input, while JupyterLab shows the live widget only. The sliders start
+at exactly the values given, which default to the config dataclasses' (``TrainConfig``,
+``SGMConfig``, through ``runner.library_default``); a slider's range always contains its value.
 """
 
 from __future__ import annotations
 
+import base64
+
+import ipywidgets as w
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from ..losses import margin_schedule, positive_mask
 from ..optim import modulation_gamma
+from .runner import library_default
+
+LABELS = {"description_width": "initial"}  # the whole name beside each slider, never "gamma_..."
 
 
 def margin_view(y_batch, m0: float, beta: float, t_n: int, step: int, total_steps: int):
@@ -63,51 +72,109 @@ def gamma_view(sharpness, gamma_base: float, gamma_min: float, gamma_max: float,
     return fig, gamma
 
 
-def show_margin_widget(y_batch, m0=0.4, beta=0.0005, t_n=100, step=0, total_steps=1000):
-    """Draw ``margin_view`` at the given values, then return sliders that redraw it. The returned
-    widget's ``latest`` dict holds what the last redraw computed (``margin``, ``positives``)."""
-    import ipywidgets as w
-    from IPython.display import display
+def choice_slider(name: str, value: float, grid) -> w.SelectionSlider:
+    """A slider over the values of ``grid`` and ``value``, starting at exactly ``value`` (a float
+    slider would snap it to its step, a log slider to its base's powers). Each label is the
+    shortest text that reads back as its value."""
+    value = float(value)
+    options = sorted({float(v) for v in grid} | {value})
+    labels = [f"{v:g}" if float(f"{v:g}") == v else repr(v) for v in options]
+    return w.SelectionSlider(options=list(zip(labels, options)), value=value, description=name, style=LABELS,
+                             continuous_update=False)
 
-    display(margin_view(y_batch, m0, beta, t_n, step, total_steps)[0])
-    plt.close("all")
-    latest = {}
 
-    def redraw(m0, beta, t_n, step):
-        fig, margin, mask = margin_view(y_batch, m0, beta, t_n, step, total_steps)
-        latest.update(m0=m0, beta=beta, t_n=t_n, step=step, margin=margin, positives=int(mask.sum()))
-        display(fig)
+def int_slider(name: str, value: int, low: int, high: int) -> w.IntSlider:
+    """An integer slider from ``low`` to ``high``, widened to hold ``value`` (never clamped to it)."""
+    return w.IntSlider(value=value, min=min(low, value), max=max(high, value), description=name, style=LABELS,
+                       continuous_update=False)
+
+
+def figure_png(fig) -> str:
+    """``fig`` as base64 PNG text, the form a notebook output holds; closes ``fig``."""
+    from IPython.core.pylabtools import print_figure
+
+    try:
+        return base64.b64encode(print_figure(fig, "png", bbox_inches="tight")).decode("ascii")
+    finally:
         plt.close(fig)
 
-    view = w.interactive(redraw, m0=w.FloatSlider(value=m0, min=0.0, max=2.0, step=0.05),
-                         beta=w.FloatLogSlider(value=beta, base=10, min=-5, max=-1),
-                         t_n=w.IntSlider(value=t_n, min=0, max=total_steps), step=w.IntSlider(value=step, min=0, max=total_steps))
-    view.latest = latest
-    return view
 
+class LiveFigure(w.VBox):
+    """Sliders (``controls``, name -> slider) above the figure ``draw(**values)`` makes, redrawn in
+    place whenever a slider moves. ``draw`` returns ``(figure, computed)``; ``latest`` holds the
+    values and ``computed`` of the last redraw. A ``ValueError`` from ``draw`` (settings that do not
+    go together) is shown in place of the figure. Displayed, the widget carries its current figure
+    as ``image/png`` beside the widget view: a frontend with widgets shows the live view, and a
+    notebook run headlessly keeps that one picture."""
 
-def show_gamma_widget(sharpness, gamma_base=1.5, gamma_min=0.5, gamma_max=5.0, window=50):
-    """Draw ``gamma_view`` at the given values, then return sliders that redraw it. The returned
-    widget's ``latest`` dict holds the last replayed ``gamma`` and its settings."""
-    import ipywidgets as w
-    from IPython.display import display
+    def __init__(self, draw, controls: dict, caption: str):
+        self._draw, self.controls, self.caption = draw, dict(controls), caption
+        self.figure, self.latest, self.png = w.Output(), {}, None
+        super().__init__(children=[*self.controls.values(), self.figure])
+        for slider in self.controls.values():
+            slider.observe(self.redraw, "value")
+        self.redraw()
 
-    display(gamma_view(sharpness, gamma_base, gamma_min, gamma_max, window)[0])
-    plt.close("all")
-    latest = {}
+    def values(self) -> dict:
+        return {name: slider.value for name, slider in self.controls.items()}
 
-    def redraw(gamma_base, gamma_min, gamma_max, window):
-        if gamma_min > gamma_max:
-            print("gamma_min must not exceed gamma_max")
+    def redraw(self, change=None) -> None:
+        values = self.values()
+        try:
+            fig, computed = self._draw(**values)
+        except ValueError as error:
+            self.latest = {**values, "error": str(error)}
+            self.figure.outputs = ({"output_type": "stream", "name": "stderr", "text": f"{error}\n"},)
             return
-        fig, gamma = gamma_view(sharpness, gamma_base, gamma_min, gamma_max, window)
-        latest.update(gamma_base=gamma_base, gamma_min=gamma_min, gamma_max=gamma_max, window=window, gamma=gamma)
-        display(fig)
-        plt.close(fig)
+        self.png = figure_png(fig)
+        self.latest = {**values, **computed}
+        self.figure.outputs = ({"output_type": "display_data", "metadata": {},
+                                "data": {"image/png": self.png, "text/plain": self.describe()}},)
 
-    view = w.interactive(redraw, gamma_base=w.FloatSlider(value=gamma_base, min=0.1, max=10.0, step=0.1),
-                         gamma_min=w.FloatSlider(value=gamma_min, min=0.0, max=5.0, step=0.1),
-                         gamma_max=w.FloatSlider(value=gamma_max, min=0.5, max=20.0, step=0.5),
-                         window=w.IntSlider(value=window, min=1, max=500))
-    view.latest = latest
-    return view
+    def describe(self) -> str:
+        shown = ", ".join(f"{k}={v:g}" for k, v in self.values().items())
+        return f"{self.caption}: {shown}"
+
+    def _repr_mimebundle_(self, **kwargs):
+        data = super()._repr_mimebundle_(**kwargs)
+        data["text/plain"] = self.describe()
+        if self.png is not None:
+            data["image/png"] = self.png
+        return data
+
+
+def show_margin_widget(y_batch, m0=None, beta=None, t_n=None, step=0, total_steps=1000) -> LiveFigure:
+    """``margin_view`` with sliders for ``m0``, ``beta``, ``t_n`` and the iteration ``step``; ``None``
+    is ``TrainConfig``'s default. ``latest`` also holds ``margin`` and ``positives`` (pair count)."""
+    m0 = library_default("MARGIN_M0") if m0 is None else m0
+    beta = library_default("MARGIN_BETA") if beta is None else beta
+    t_n = library_default("MARGIN_WARMUP") if t_n is None else t_n
+
+    def draw(m0, beta, t_n, step):
+        fig, margin, mask = margin_view(y_batch, m0, beta, t_n, step, total_steps)
+        return fig, {"margin": margin, "positives": int(mask.sum())}
+
+    betas = [0.0] + [float(f"{m}e{e}") for e in range(-6, -1) for m in (1, 2, 5)] + [0.1]
+    return LiveFigure(draw, {"m0": choice_slider("m0", m0, [k / 20 for k in range(41)]),
+                             "beta": choice_slider("beta", beta, betas),
+                             "t_n": int_slider("t_n", t_n, 0, total_steps),
+                             "step": int_slider("step", step, 0, total_steps)}, "adaptive margin")
+
+
+def show_gamma_widget(sharpness, gamma_base=None, gamma_min=None, gamma_max=None, window=None) -> LiveFigure:
+    """``gamma_view`` with sliders for ``gamma_base``, ``gamma_min``, ``gamma_max`` and ``window``;
+    ``None`` is ``SGMConfig``'s default. ``latest`` also holds the replayed ``gamma``."""
+    values = {"gamma_base": gamma_base, "gamma_min": gamma_min, "gamma_max": gamma_max, "window": window}
+    values = {k: library_default(k.upper()) if v is None else v for k, v in values.items()}
+
+    def draw(gamma_base, gamma_min, gamma_max, window):
+        if gamma_min > gamma_max:
+            raise ValueError(f"gamma_min ({gamma_min:g}) must not exceed gamma_max ({gamma_max:g})")
+        fig, gamma = gamma_view(sharpness, gamma_base, gamma_min, gamma_max, window)
+        return fig, {"gamma": gamma}
+
+    grids = {"gamma_base": [k / 10 for k in range(1, 101)], "gamma_min": [k / 10 for k in range(51)],
+             "gamma_max": [k / 2 for k in range(1, 41)]}
+    controls = {name: choice_slider(name, values[name], grid) for name, grid in grids.items()}
+    controls["window"] = int_slider("window", values["window"], 1, 500)
+    return LiveFigure(draw, controls, "SGM gamma replay")
