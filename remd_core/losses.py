@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
@@ -298,23 +298,32 @@ def regression_loss(name: str, **kwargs) -> RegressionLoss:
 # Stage-1 objective
 # --------------------------------------------------------------------------------------------------
 
-def stage1_objective(pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor,
+def stage1_objective(pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor | Sequence[torch.Tensor],
                      y_for_margin: torch.Tensor, margin: float, lam: float,
                      regression: str | RegressionLoss = "mse", temperature: float = 0.07, *,
                      base_temperature: float = 0.07) -> dict:
-    """Stage-1 loss of section 4.1, ``L = L_regression + lam * L_SupCon``.
+    """Stage-1 loss of section 4.1, ``L = L_regression + lam * L_SupCon``; the trainer's stage 1
+    (``contrastive=True``) calls this.
 
     ``regression`` is a name for ``regression_loss`` or a ready callable (e.g. a ``smape_r2`` bound
-    to the training label mean and SD). ``y_for_margin`` are the labels in the margin's units
-    (standardised, in our trainer). Returns ``{"loss", "regression", "supcon"}`` as tensors and
-    ``"n_anchors_with_positive"`` as an int (how many anchors the SupCon term averages over).
+    to the training label mean and SD). ``z``: the ``[B, D]`` projections, or several (one per
+    modality of a fused model), whose SupCon losses are summed into ``L_SupCon`` (the paper trains
+    stage 1 per modality, one ``z``). ``y_for_margin`` are the labels in the margin's units
+    (standardised, in our trainer). Returns tensors: ``"loss"``, its terms ``"regression"``,
+    ``"supcon"`` and ``"contrastive"`` (``lam * supcon``, the term a strategy adds to the regression
+    loss as ``Losses.extra``), and ``"n_anchors_with_positive"`` (0-dim int64: how many anchors the
+    SupCon term averages over; a tensor, so that a training step never waits to read it).
     """
     if not lam >= 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
     reg_fn = regression_loss(regression) if isinstance(regression, str) else regression
     reg = reg_fn(pred, target)
-    supcon = am_supcon_loss(z, y_for_margin, margin, temperature=temperature,
-                            base_temperature=base_temperature)
-    n_anchors = int(positive_mask(_labels(y_for_margin, z.shape[0]), margin).any(dim=1).sum())
-    return {"loss": reg + lam * supcon, "regression": reg, "supcon": supcon,
+    views = [z] if isinstance(z, torch.Tensor) else list(z)
+    if not views:
+        raise ValueError("stage1_objective needs at least one projection z")
+    supcon = sum(am_supcon_loss(v, y_for_margin, margin, temperature=temperature, base_temperature=base_temperature)
+                 for v in views)
+    contrastive = lam * supcon
+    n_anchors = positive_mask(_labels(y_for_margin, views[0].shape[0]), margin).any(dim=1).sum()
+    return {"loss": reg + contrastive, "regression": reg, "supcon": supcon, "contrastive": contrastive,
             "n_anchors_with_positive": n_anchors}

@@ -33,9 +33,11 @@ Checkpoints (``fit(checkpoint_dir=..., resume=True)``, ``remd_core.checkpoint``)
 every epoch end and, optionally, every N steps; a run killed at any point resumes from the last
 one, bit-identical to an uninterrupted run on CPU.
 
-Everything else is shared: seeded and deterministic on CPU, a progress bar, validation every
-epoch, best-epoch selection on validation R^2, a per-step history (every head's loss, every
-strategy log) and a per-epoch history as DataFrames. A non-finite loss or gradient stops training
+``build_model`` and ``build_objective`` are the model and the per-batch objective (inputs, targets,
+the loss closure a strategy calls) that ``fit`` uses, public so that benchmarks and notebooks run
+exactly what training runs. Everything else is shared: seeded and deterministic on CPU, a progress
+bar, validation every epoch, best-epoch selection on validation R^2, a per-step history (every
+head's loss, every strategy log) and a per-epoch history as DataFrames. A non-finite loss or gradient stops training
 with an error naming the step and the batch's sample ids.
 """
 
@@ -46,6 +48,7 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,7 +63,7 @@ from .checkpoint import Checkpoints, restore_rng_state, rng_state
 from .data.format import MultimodalDataset, MultimodalSplit
 from .files import load_torch, save_torch
 from .paths import display_path
-from .losses import am_supcon_loss, margin_schedule, regression_loss
+from .losses import margin_schedule, regression_loss, stage1_objective
 from .models import EncoderConfig, MultimodalRegressor
 from .optim import Losses, NonFiniteError, build_strategy
 from .transforms import prepare_inputs, to_device
@@ -214,6 +217,95 @@ def predict(model: MultimodalRegressor, split: MultimodalSplit, kinds: dict[str,
     return (torch.cat(out) * label_std + label_mean).numpy()
 
 
+def build_model(dataset: MultimodalDataset, config: TrainConfig, device: torch.device | None = None
+                ) -> MultimodalRegressor:
+    """The model ``fit`` trains: ``config.modalities`` (None: every modality of ``dataset``) with
+    ``config.encoder``, initial weights drawn from torch's global generator (seed it first) in the
+    parameter dtype, on ``device`` (default: ``config.device``), stage-1 encoders loaded from
+    ``config.init_encoders``, channels-last where ``config.channels_last`` asks for it (None: on
+    CUDA), encoders compiled when ``config.compile``."""
+    device = resolve_device(config.device) if device is None else device
+    modalities = config.modalities or dataset.spec.modality_names
+    with default_dtype(config.parameter_dtype()):  # initial weights drawn in float64 too (float32 draws differ
+        model = MultimodalRegressor(dataset.spec, modalities, config.encoder).to(device)  # between processors)
+    load_encoders(model, config.init_encoders)
+    if config.channels_last if config.channels_last is not None else device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        for encoder in model.encoders.values():
+            encoder.compile()
+    return model
+
+
+@dataclass
+class Objective:
+    """What ``fit`` minimises, batch by batch: ``prepare`` turns a batch of the data set into model
+    inputs and standardised targets on the device (augmented when ``augment``), ``closure`` gives
+    the ``compute`` a strategy calls (``remd_core.optim.Strategy.step``): the regression loss of the
+    fused head, of every unimodal head (models of two or more modalities), and in stage 1
+    (``config.contrastive``) ``losses.stage1_objective``'s contrastive term as ``Losses.extra``.
+    Build it with ``build_objective``."""
+
+    config: TrainConfig
+    modalities: tuple[str, ...]
+    kinds: dict[str, str]
+    device: torch.device
+    dtype: torch.dtype
+    label_mean: float
+    label_std: float
+    loss_fn: Callable
+
+    @property
+    def multimodal(self) -> bool:
+        return len(self.modalities) > 1
+
+    def prepare(self, batch: dict, generator: torch.Generator | None = None) -> tuple[dict, torch.Tensor]:
+        """``(inputs, target)``: the batch's modalities (augmented with ``generator`` when
+        ``config.augment``) and its labels standardised with the training split's mean and SD."""
+        inputs = prepare_inputs(batch, self.modalities, self.kinds, self.config.augment, generator, self.device,
+                                self.dtype)
+        return inputs, to_device((batch["y"] - self.label_mean) / self.label_std, self.device).to(self.dtype)
+
+    def closure(self, model: MultimodalRegressor, inputs: dict, target: torch.Tensor,
+                margin: float | None = None) -> Callable[[], Losses]:
+        """The loss closure of one batch (forward under the precision's autocast, losses in the
+        parameter dtype). ``margin``: stage 1's current ``m(t)`` (``config.contrastive`` only)."""
+        cfg, dtype, loss_fn = self.config, self.dtype, self.loss_fn
+        if cfg.contrastive and margin is None:
+            raise ValueError("a contrastive (stage-1) objective needs the current margin")
+        autocast = autocast_context(cfg.precision, self.device)
+
+        def compute():
+            with autocast:
+                out = model(inputs)
+            if cfg.contrastive:
+                projections = [z.to(dtype) for z in out["projections"].values()]
+                stage1 = stage1_objective(out["fused"].to(dtype), target, projections, target, margin,
+                                          cfg.supcon_weight, regression=loss_fn, temperature=cfg.temperature)
+                losses = Losses(fused=stage1["regression"], extra=stage1["contrastive"])
+            else:
+                losses = Losses(fused=loss_fn(out["fused"].to(dtype), target))
+            losses.features, losses.target = out["features"], target
+            if self.multimodal:
+                losses.unimodal = {m: loss_fn(p.to(dtype), target) for m, p in out["unimodal"].items()}
+            return losses
+        return compute
+
+
+def build_objective(dataset: MultimodalDataset, config: TrainConfig, device: torch.device | None = None) -> Objective:
+    """The objective ``fit`` minimises on ``dataset`` with ``config`` (see ``Objective``): labels
+    standardised with the mean and SD of the whole training split (whatever ``config.subset``),
+    the regression loss ``config.regression_loss`` (``smape_r2`` bound to that mean and SD)."""
+    device = resolve_device(config.device) if device is None else device
+    mean, std = float(dataset.train.y.double().mean()), float(dataset.train.y.double().std())  # reductions in float64:
+    # a float32 sum depends on the vector width of the processor (an Intel and an AMD CPU differ here)
+    loss_fn = regression_loss(config.regression_loss, **({"label_mean": mean, "label_std": std}
+                                                        if config.regression_loss == "smape_r2" else {}))
+    return Objective(config, tuple(config.modalities or dataset.spec.modality_names),
+                     {m.name: m.kind for m in dataset.spec.modalities}, device, config.parameter_dtype(), mean, std,
+                     loss_fn)
+
+
 def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, checkpoint_dir: str | Path | None = None,
         resume: bool = False, checkpoint_every: int = 0) -> FitResult:
     """Train a model on ``dataset`` with ``config``; return it at its best validation epoch.
@@ -232,28 +324,14 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
     device = resolve_device(config.device)
     if config.precision == "float64" and device.type != "cpu":
         raise ValueError(f"precision 'float64' is for CPU regression checks; {device} runs float32 or bf16")
-    kinds = {m.name: m.kind for m in dataset.spec.modalities}
-    modalities = config.modalities or dataset.spec.modality_names
-    dtype = config.parameter_dtype()
-    with default_dtype(dtype):  # initial weights drawn in float64 too (float32 draws differ between processors)
-        model = MultimodalRegressor(dataset.spec, modalities, config.encoder).to(device)
-    load_encoders(model, config.init_encoders)
-    if config.channels_last if config.channels_last is not None else device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if config.compile:
-        for encoder in model.encoders.values():
-            encoder.compile()
-    extra = {"generator": torch.Generator().manual_seed(config.seed + 1)} if config.strategy == "ogm_ge" else {}
-    strategy = build_strategy(config.strategy, config.strategy_options, **extra).bind(model)
+    model = build_model(dataset, config, device)
+    strategy = build_strategy(config.strategy, config.strategy_options, seed=config.seed + 1).bind(model)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     train = training_split(dataset, config.subset)
-    mean, std = float(dataset.train.y.double().mean()), float(dataset.train.y.double().std())  # reductions in float64:
-    # a float32 sum depends on the vector width of the processor (an Intel and an AMD CPU differ here)
-    loss_fn = regression_loss(config.regression_loss, **({"label_mean": mean, "label_std": std}
-                                                        if config.regression_loss == "smape_r2" else {}))
-    autocast = autocast_context(config.precision, device)
-    multimodal = len(modalities) > 1
+    objective = build_objective(dataset, config, device)
+    kinds, modalities = objective.kinds, objective.modalities
+    mean, std = objective.label_mean, objective.label_std
     drop_last = len(train) > config.batch_size
     stop = len(train) - len(train) % config.batch_size if drop_last else len(train)
 
@@ -291,22 +369,9 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
         logs = []
         while run["position"] < stop:
             batch = train.batch(run["order"][run["position"]:run["position"] + config.batch_size])
-            inputs = prepare_inputs(batch, modalities, kinds, config.augment, generator, device, dtype)
-            target = to_device((batch["y"] - mean) / std, device).to(dtype)
+            inputs, target = objective.prepare(batch, generator)
             margin = _margin(config, run["step"])
-
-            def compute(inputs=inputs, target=target, margin=margin):
-                with autocast:
-                    out = model(inputs)
-                losses = Losses(fused=loss_fn(out["fused"].to(dtype), target), outputs={**out, "target": target})
-                if multimodal:
-                    losses.unimodal = {m: loss_fn(p.to(dtype), target) for m, p in out["unimodal"].items()}
-                if config.contrastive:
-                    losses.extra = config.supcon_weight * sum(
-                        am_supcon_loss(z.to(dtype), target, margin, config.temperature)
-                        for z in out["projections"].values())
-                return losses
-
+            compute = objective.closure(model, inputs, target, margin)
             try:
                 step_logs = strategy.step(compute, optimizer, step=run["step"], epoch=epoch)
             except NonFiniteError as err:
@@ -336,7 +401,7 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
     model.load_state_dict(best_weights)
 
     history = pd.DataFrame(run["step_rows"])
-    if not multimodal:  # the model's only prediction is its unimodal one
+    if not objective.multimodal:  # the model's only prediction is its unimodal one
         history[f"loss_{modalities[0]}"] = history["loss_fused"]
     predictions = {s: predict(model, dataset[s], kinds, mean, std, config.eval_batch_size, device) for s in ("val", "test")}
     results = {s: metrics.regression_report(dataset[s].y.numpy(), p) for s, p in predictions.items()}

@@ -11,7 +11,7 @@ def closure(model, inputs, y):
         out = model(inputs)
         mse = torch.nn.functional.mse_loss
         return Losses(fused=mse(out["fused"], y), unimodal={m: mse(p, y) for m, p in out["unimodal"].items()},
-                      outputs={**out, "target": y})
+                      features=out["features"], target=y)
     return compute
 
 

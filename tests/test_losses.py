@@ -342,13 +342,26 @@ def test_stage1_objective_combines_terms(gen):
     target = torch.randn(8, generator=gen)
     z = torch.randn(8, 16, generator=gen, requires_grad=True)
     out = stage1_objective(pred, target, z, target, margin=0.4, lam=0.3)
-    assert set(out) == {"loss", "regression", "supcon", "n_anchors_with_positive"}
+    assert set(out) == {"loss", "regression", "supcon", "contrastive", "n_anchors_with_positive"}
     assert out["regression"].item() == pytest.approx(mse_loss(pred, target).item())
     assert out["supcon"].item() == pytest.approx(am_supcon_loss(z, target, 0.4).item())
+    assert out["contrastive"].item() == pytest.approx(0.3 * out["supcon"].item())
     assert out["loss"].item() == pytest.approx(out["regression"].item() + 0.3 * out["supcon"].item())
-    assert out["n_anchors_with_positive"] == int(positive_mask(target, 0.4).any(1).sum())
+    assert isinstance(out["n_anchors_with_positive"], torch.Tensor)  # no host read inside a training step
+    assert out["n_anchors_with_positive"].item() == int(positive_mask(target, 0.4).any(1).sum())
     out["loss"].backward()
     assert pred.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_stage1_objective_sums_the_supcon_losses_of_several_projections(gen):
+    pred, target = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+    z1, z2 = torch.randn(8, 5, generator=gen), torch.randn(8, 3, generator=gen)
+    out = stage1_objective(pred, target, [z1, z2], target, margin=0.5, lam=2.0)
+    expected = am_supcon_loss(z1, target, 0.5).item() + am_supcon_loss(z2, target, 0.5).item()
+    assert out["supcon"].item() == pytest.approx(expected)
+    assert out["loss"].item() == pytest.approx(mse_loss(pred, target).item() + 2.0 * expected)
+    with pytest.raises(ValueError, match="at least one"):
+        stage1_objective(pred, target, [], target, margin=0.5, lam=1.0)
 
 
 def test_stage1_objective_regression_by_name_or_callable_and_no_positives(gen):

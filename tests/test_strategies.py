@@ -1,27 +1,30 @@
-"""One harness over every strategy (timm's test_optim style): a few steps lower the loss; a state
+"""One harness over every strategy (timm's test_optim style): every registered strategy binds to the
+model contract and takes a finite step that moves the weights; a few steps lower the loss; a state
 round trip resumes identically; modulation changes encoder gradients when its condition holds and
-leaves them alone when it does not."""
+leaves them alone when it does not; a strategy that would find nothing to act on refuses."""
 
 import copy
+import math
 
+import numpy as np
 import pytest
 import torch
 
 from remd_core.data.format import DatasetSpec, ModalitySpec
-from remd_core.models import EncoderConfig, MultimodalRegressor
-from remd_core.optim import (MMPareto, MMParetoConfig, OGMGE, OGMGEConfig, SGM, SGMConfig, Joint, JointConfig,
-                             NonFiniteError, build_strategy)
+from remd_core.models import EncoderConfig, MultimodalModel, MultimodalRegressor, check_model
+from remd_core.optim import (STRATEGIES as REGISTRY, MMPareto, MMParetoConfig, OGMGE, OGMGEConfig, SGM, SGMConfig,
+                             Joint, JointConfig, Losses, NonFiniteError, build_strategy)
 from remd_core.optim.ogm_ge import modulation_coefficients
+from remd_core.optim.reference import REFERENCE_STRATEGIES
 from strategy_helpers import closure, make_conflict
 
 SPEC = DatasetSpec("toy", (ModalitySpec("a", "vector", (6,)), ModalitySpec("b", "vector", (4,))))
-STRATEGIES = {
-    "joint": lambda: Joint(JointConfig()),
+EVERY = sorted({**REGISTRY, **REFERENCE_STRATEGIES})  # every strategy build_strategy knows
+STRATEGIES = {  # every registered strategy at its defaults, and variants of some
+    **{name: (lambda name=name: build_strategy(name, seed=3)) for name in REGISTRY},
     "naive": lambda: Joint(JointConfig(unimodal_weight=0.0)),
-    "sgm": lambda: SGM(SGMConfig()),
     "sgm-k4-curv-per-encoder": lambda: SGM(SGMConfig(probe_every=4, sharpness="curvature", cos_scope="per_encoder")),
-    "mmpareto": lambda: MMPareto(MMParetoConfig()),
-    "ogm_ge": lambda: OGMGE(OGMGEConfig(modulate="all"), generator=torch.Generator().manual_seed(3)),
+    "ogm_ge-all": lambda: OGMGE(OGMGEConfig(modulate="all"), generator=torch.Generator().manual_seed(3)),
 }
 
 
@@ -48,6 +51,60 @@ def grads_after(strategy, model, inputs, y, step=0, epoch=0):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     logs = strategy.step(closure(model, inputs, y), optimizer, step=step, epoch=epoch)
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, logs
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_every_registered_strategy_binds_to_the_contract_and_takes_a_finite_step(name):
+    model, inputs, y = make_problem()
+    assert isinstance(model, MultimodalModel)
+    check_model(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    strategy = build_strategy(name, seed=0).bind(model)
+    logs = strategy.step(closure(model, inputs, y), torch.optim.SGD(model.parameters(), lr=1e-2), step=0, epoch=0)
+    assert logs and all(torch.isfinite(v).all() for v in logs.values()), logs
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    for part in ("encoders.a.", "encoders.b.", "fusion_head."):  # every encoder and the fused head moved
+        moved = [k for k, v in model.state_dict().items() if k.startswith(part) and not torch.equal(v, before[k])]
+        assert moved, (name, part)
+
+
+def test_the_harness_covers_every_registered_strategy():
+    assert {make().name for make in STRATEGIES.values()} == set(REGISTRY)
+
+
+class NotAModel(torch.nn.Module):
+    """Encoders and heads, but neither ``encoder_parameters`` nor ``fusion_contributions``."""
+
+    def __init__(self):
+        super().__init__()
+        self.modalities = ("a",)
+        self.encoders = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2)})
+
+    def head_parameters(self):
+        return []
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_a_model_outside_the_contract_is_refused_naming_what_it_lacks(name):
+    assert not isinstance(NotAModel(), MultimodalModel)
+    with pytest.raises(TypeError, match=r"lacks \['encoder_parameters', 'fusion_contributions'\]"):
+        build_strategy(name).bind(NotAModel())
+
+
+def test_a_model_whose_parameter_lists_do_not_partition_its_parameters_is_refused():
+    model, _, _ = make_problem()
+    model.head_parameters = lambda: [p for p in model.fusion_head.parameters()]  # forgets the unimodal heads
+    with pytest.raises(TypeError, match="partition"):
+        check_model(model)
+
+
+@pytest.mark.parametrize("name", ["sgm", "mmpareto", "ogm_ge", "sgm_reference", "mmpareto_reference"])
+def test_a_modulating_strategy_refuses_an_encoder_with_nothing_to_act_on(name):
+    model, _, _ = make_problem()
+    model.encoders["b"].requires_grad_(False)
+    with pytest.raises(ValueError, match="encoder 'b'"):
+        build_strategy(name).bind(model)
+    build_strategy("joint").bind(model)  # plain training of the rest is fine
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
@@ -150,6 +207,105 @@ def test_ogm_ge_scales_the_dominant_modality_only_inside_its_window():
         modality = k.split(".")[1]
         expected = g * coeffs[modality] if g.dim() > 1 else g
         torch.testing.assert_close(inside[k], expected, rtol=1e-5, atol=1e-8)
+
+
+@pytest.fixture(scope="module")
+def randhie_batch():
+    """A batch of the real vector-modality table (two MLP encoders), standardised labels."""
+    from remd_core.data import load
+
+    data = load("randhie", n_rows=200)
+    train = data.train
+    y = train.y.double()
+    inputs = {m: train.modalities[m][:64].float() for m in data.spec.modality_names}
+    return data.spec, inputs, ((y[:64] - y.mean()) / y.std()).float()
+
+
+def _randhie_model(spec):
+    torch.manual_seed(0)
+    return MultimodalRegressor(spec, encoder=EncoderConfig(mlp_hidden=8), projection_dim=4)
+
+
+def _hand_coefficients(model, inputs, y, alpha, tau):
+    """OGM-GE's coefficients computed by hand in float64: each modality's share of the fusion head
+    (its weight slice times its features, half the bias), ``s_k = sum exp(-|share - y| / tau)``,
+    ``rho = s_a / s_b`` and ``k = 1 - tanh(alpha rho)`` for the dominant one, 1 for the other."""
+    with torch.no_grad():
+        features = model(inputs)["features"]
+        w, b = model.fusion_head.weight.double()[0], model.fusion_head.bias.double().item()
+        scores, start = {}, 0
+        for m in model.modalities:
+            f = features[m].double()
+            share = f @ w[start:start + f.shape[1]] + b / 2
+            start += f.shape[1]
+            scores[m] = torch.exp(-(share - y.double()).abs() / tau).sum().item()
+    a, b = model.modalities
+    rho = {a: scores[a] / scores[b], b: scores[b] / scores[a]}
+    return {m: 1 - math.tanh(alpha * r) if r > 1 else 1.0 for m, r in rho.items()}
+
+
+def test_ogm_ge_modulates_the_weight_matrices_of_mlp_encoders_by_the_hand_computed_factor(randhie_batch):
+    spec, inputs, y = randhie_batch
+    model = _randhie_model(spec)
+    naive, _ = grads_after(Joint(JointConfig(unimodal_weight=0.0)), copy.deepcopy(model), inputs, y)
+    ogm, logs = grads_after(OGMGE(OGMGEConfig(alpha=0.5, tau=1.0, noise=False)), copy.deepcopy(model), inputs, y)
+    k = _hand_coefficients(model, inputs, y, alpha=0.5, tau=1.0)
+    assert min(k.values()) < 0.99 and max(k.values()) == 1.0, k  # one modality dominates: a real modulation
+    for m in model.modalities:
+        assert logs[f"coeff_{m}"].item() == pytest.approx(k[m], rel=1e-5)
+    weights = {f"encoders.{m}.net.{i}.weight" for m in model.modalities for i in (0, 2)}
+    assert weights <= set(ogm) <= set(naive)  # OGM-GE back-propagates only the fused loss: no unimodal heads
+    for name, g in ogm.items():
+        expected = k[name.split(".")[1]] * naive[name] if name in weights else naive[name]  # biases, heads as naive
+        torch.testing.assert_close(g, expected, rtol=1e-5, atol=1e-8)
+    dominant = min(k, key=k.get)
+    assert not torch.allclose(ogm[f"encoders.{dominant}.net.0.weight"], naive[f"encoders.{dominant}.net.0.weight"])
+
+
+def test_ogm_ge_noise_is_gaussian_with_the_std_of_the_unscaled_gradient(randhie_batch):
+    spec, inputs, y = randhie_batch
+    model = _randhie_model(spec)
+    naive, _ = grads_after(Joint(JointConfig(unimodal_weight=0.0)), copy.deepcopy(model), inputs, y)
+    ogm, _ = grads_after(OGMGE(OGMGEConfig(alpha=0.5), generator=torch.Generator().manual_seed(7)),
+                         copy.deepcopy(model), inputs, y)
+    k = _hand_coefficients(model, inputs, y, alpha=0.5, tau=1.0)
+    generator = torch.Generator().manual_seed(7)  # the same draws, in the order of modalities and tensors
+    for m in model.modalities:
+        for i in (0, 2):
+            name = f"encoders.{m}.net.{i}.weight"
+            g = naive[name]
+            expected = k[m] * g + torch.randn(g.shape, generator=generator) * g.std()
+            torch.testing.assert_close(ogm[name], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_the_ogm_ge_recipe_on_a_table_is_not_naive_fusion():
+    from remd_core.data import load
+    from remd_core.trainer import TrainConfig, fit
+
+    data = load("randhie", n_rows=300)
+    base = dict(epochs=1, batch_size=64, augment=False, encoder=EncoderConfig(mlp_hidden=8), device="cpu")
+    naive = fit(data, TrainConfig(strategy="joint", strategy_options={"unimodal_weight": 0.0}, **base), progress=False)
+    ogm = fit(data, TrainConfig(strategy="ogm_ge", **base), progress=False)
+    assert naive.history["loss_fused"].iloc[0] == ogm.history["loss_fused"].iloc[0]  # same start
+    assert not np.allclose(naive.predictions["test"], ogm.predictions["test"])
+
+
+def test_ogm_ge_refuses_what_it_cannot_act_on():
+    model, inputs, y = make_problem()
+    with pytest.raises(ValueError, match=r"encoder 'a' \(VectorEncoder\).*modulate='conv'"):
+        OGMGE(OGMGEConfig(modulate="conv")).bind(model)
+    one = MultimodalRegressor(SPEC, ("a",), EncoderConfig(mlp_hidden=16))
+    with pytest.raises(ValueError, match="two or more modalities"):
+        OGMGE().bind(one)
+    strategy = OGMGE().bind(model)
+
+    def without_features():
+        out = model(inputs)
+        return Losses(fused=torch.nn.functional.mse_loss(out["fused"], y))
+    with pytest.raises(ValueError, match="features"):
+        strategy.step(without_features, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="modulate"):
+        OGMGEConfig(modulate="bias")
 
 
 def test_ogm_coefficients_follow_the_official_rule():

@@ -7,7 +7,7 @@ from remd_core.data import load
 from remd_core.models import EncoderConfig
 import pandas as pd
 
-from remd_core.trainer import TrainConfig, TrainingError, fit, predict
+from remd_core.trainer import TrainConfig, TrainingError, build_model, build_objective, fit, predict
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)
 TINY = EncoderConfig(width=0.125)
@@ -100,3 +100,26 @@ def test_stage1_objective_adds_the_contrastive_term(dataset):
 def test_bad_training_settings_are_value_errors(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
+
+
+def test_the_public_builders_give_the_model_and_the_objective_fit_uses():
+    data = load("randhie", n_rows=300)
+    config = TrainConfig(encoder=EncoderConfig(mlp_hidden=8), augment=False, device="cpu", precision="float64")
+    model = build_model(data, config)
+    assert model.modalities == ("plan", "health") and model.fusion_head.weight.dtype == torch.float64
+    objective = build_objective(data, config)
+    y = data.train.y.double()
+    assert objective.label_mean == pytest.approx(float(y.mean())) and objective.label_std == pytest.approx(float(y.std()))
+    batch = data.train.batch(torch.arange(16))
+    inputs, target = objective.prepare(batch)
+    torch.testing.assert_close(target, (batch["y"].double() - y.mean()) / y.std())
+    losses = objective.closure(model, inputs, target)()
+    out = model(inputs)
+    mse = torch.nn.functional.mse_loss
+    assert losses.fused.item() == pytest.approx(mse(out["fused"], target).item(), rel=1e-12)
+    assert losses.unimodal["plan"].item() == pytest.approx(mse(out["unimodal"]["plan"], target).item(), rel=1e-12)
+    assert losses.extra is None and losses.target is target and set(losses.features) == {"plan", "health"}
+    stage1 = build_objective(data, TrainConfig(modalities=("plan",), contrastive=True, supcon_weight=0.5,
+                                               device="cpu"))
+    with pytest.raises(ValueError, match="margin"):
+        stage1.closure(model, inputs, target)

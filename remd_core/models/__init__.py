@@ -1,7 +1,9 @@
-"""Models: ResNet backbones, per-modality encoders and the multimodal regressor."""
+"""Models: ResNet backbones, per-modality encoders, the multimodal regressor and the model contract
+the training strategies rely on (``contract.MultimodalModel``)."""
 
+from .contract import MultimodalModel, check_model
 from .encoders import EncoderConfig, build_encoder
 from .regressor import MultimodalRegressor
 from .resnet import ResNet2d
 
-__all__ = ["EncoderConfig", "MultimodalRegressor", "ResNet2d", "build_encoder"]
+__all__ = ["EncoderConfig", "MultimodalModel", "MultimodalRegressor", "ResNet2d", "build_encoder", "check_model"]

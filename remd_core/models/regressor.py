@@ -5,7 +5,8 @@ one unimodal regression head per modality, and a fusion head over the concatenat
 contrastive loss of stage 1 (section 4.1; a two-layer MLP head as in SupCon), so any training
 objective (the fused loss alone, Eq. 1's weighted sum with unimodal losses, a gradient-modulation
 strategy, the stage-1 objective) can be built on one forward pass. A single-modality model is the
-same class with one modality.
+same class with one modality. It satisfies the model contract of the training strategies
+(``remd_core.models.contract.MultimodalModel``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from .encoders import EncoderConfig, build_encoder
 
 
 class MultimodalRegressor(nn.Module):
+    """Satisfies ``remd_core.models.contract.MultimodalModel``, the contract of the strategies."""
+
     def __init__(self, spec: DatasetSpec, modalities: tuple[str, ...] | None = None,
                  encoder: EncoderConfig | None = None, projection_dim: int = 128):
         super().__init__()

@@ -24,6 +24,7 @@ class JointConfig:
 class Joint(Strategy):
     name = "joint"
     Config = JointConfig
+    modulates_encoders = False
 
     def backward(self, compute, step, epoch):
         losses = compute()

@@ -198,8 +198,8 @@ class SGMReference(Strategy):
     name = "sgm_reference"
     Config = SGMConfig
 
-    def __init__(self, config=None, check_finite: bool = True):
-        super().__init__(config, check_finite)
+    def __init__(self, config=None, check_finite: bool = True, generator: torch.Generator | None = None):
+        super().__init__(config, check_finite, generator)
         self.window: list[float] = []
         self.gamma = float(self.config.gamma_base)
         self.scores = {"paper": float("nan"), "curvature": float("nan")}

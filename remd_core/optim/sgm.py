@@ -82,8 +82,8 @@ class SGM(Strategy):
     name = "sgm"
     Config = SGMConfig
 
-    def __init__(self, config=None, check_finite: bool = True):
-        super().__init__(config, check_finite)
+    def __init__(self, config=None, check_finite: bool = True, generator: torch.Generator | None = None):
+        super().__init__(config, check_finite, generator)
         self.scores: deque = deque(maxlen=self.config.window)
         self.gamma = torch.tensor(self.config.gamma_base)
         self.sharpness = torch.tensor(float("nan"))

@@ -10,13 +10,22 @@ with the current parameters and returns a ``Losses``:
 
     logs = strategy.step(compute, optimizer, step=t, epoch=e)
 
+The model must satisfy ``remd_core.models.MultimodalModel`` (``bind`` checks it): a strategy uses
+only the members that contract declares, and of a batch only what ``Losses`` declares.
+
 Why a closure: a strategy may need the losses at other parameters (SGM's probe, and the two-pass
 SAM family a later issue adds, evaluate the loss at perturbed weights), and may need the losses
 split by objective (Pareto methods). Because a ``Losses`` carries the terms, new heads (evidential
 ones, for EyeMoSt) only change the closure, never the strategy.
 
 ``Losses.extra`` holds terms that every strategy back-propagates plainly with the multimodal loss
-(the stage-1 contrastive loss, regularisers of a head).
+(the stage-1 contrastive loss, regularisers of a head). ``Losses.features`` and ``Losses.target``
+are for strategies that score modalities by their predictions (OGM-GE); a closure that leaves them
+out works with every other strategy, and OGM-GE says what is missing.
+
+Random numbers a strategy draws (OGM-GE's noise) come from its ``generator`` (``build_strategy(...,
+seed=s)`` makes one), saved and restored with its state, so a caller never needs to know which
+strategies draw any.
 
 Logs are 0-dim tensors, never Python numbers, so a step never waits for the device; the trainer
 moves them to the host once per epoch.
@@ -31,13 +40,24 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..models.contract import MultimodalModel, check_model
+
 
 @dataclass
 class Losses:
+    """The losses of one batch, and what a strategy may read about it.
+
+    ``fused``: the multimodal loss ``L_m``; ``unimodal``: ``{modality: L_u^k}`` (empty for a
+    single-modality model or a closure without unimodal heads); ``extra``: terms back-propagated
+    with ``L_m`` by every strategy; ``features``: ``{modality: [B, F]}`` the encoders' features of the
+    batch (with their graph; strategies detach what they only read); ``target``: ``[B]`` the labels
+    in the units of the loss (standardised, in the trainer)."""
+
     fused: Tensor
     unimodal: dict[str, Tensor] = field(default_factory=dict)
     extra: Tensor | None = None
-    outputs: dict | None = None
+    features: dict[str, Tensor] | None = None
+    target: Tensor | None = None
 
     def total(self, unimodal_weight: float) -> Tensor:
         """Eq. 1 of the paper: ``L = L_m + sum_k alpha_k L_u^k`` (one alpha for all k), plus extra."""
@@ -71,16 +91,39 @@ class Strategy:
 
     name = "strategy"
     Config: type = None
+    modulates_encoders = True
+    """Whether the strategy changes the encoders' gradients; if so, ``bind`` refuses a model where
+    ``modulated_parameters`` finds nothing in some encoder (a step would silently be plain training)."""
 
-    def __init__(self, config=None, check_finite: bool = True):
+    def __init__(self, config=None, check_finite: bool = True, generator: torch.Generator | None = None):
         self.config = config if config is not None else self.Config()
         self.check_finite = check_finite
-        self.model: nn.Module | None = None
+        self.generator = generator
+        self.model: MultimodalModel | None = None
 
-    def bind(self, model: nn.Module) -> "Strategy":
-        """Attach to a model exposing ``encoders`` (shared) and ``head_parameters()``."""
+    def bind(self, model: MultimodalModel) -> "Strategy":
+        """Attach to a model satisfying ``remd_core.models.MultimodalModel`` (``TypeError`` if it does
+        not); ``ValueError`` naming the encoder when the strategy finds nothing to act on in one."""
+        check_model(model, who=self.name)
+        self.check_bindable(model)
         self.model = model
         return self
+
+    def check_bindable(self, model: MultimodalModel) -> None:
+        """Raise ``ValueError`` if the strategy cannot act on ``model`` (a contract-satisfying one):
+        here, an encoder where ``modulated_parameters`` finds nothing (when ``modulates_encoders``)."""
+        if self.modulates_encoders:
+            for name, encoder in model.encoders.items():
+                if not self.modulated_parameters(encoder):
+                    raise ValueError(f"{self.name}: nothing to modulate in encoder {name!r} "
+                                     f"({type(encoder).__name__}){self._nothing_hint()}")
+
+    def modulated_parameters(self, encoder: nn.Module) -> list[nn.Parameter]:
+        """The parameters of ``encoder`` whose gradients the strategy changes (default: the trainable ones)."""
+        return [p for p in encoder.parameters() if p.requires_grad]
+
+    def _nothing_hint(self) -> str:
+        return ": it has no trainable parameter"
 
     def backward(self, compute: Callable[[], Losses], step: int, epoch: int) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -102,12 +145,18 @@ class Strategy:
         optimizer.step()
         return logs
 
-    # state: hyperparameters plus whatever a subclass keeps between steps
+    # state: hyperparameters, the generator, plus whatever a subclass keeps between steps
     def state_dict(self) -> dict:
-        return {"config": asdict(self.config)}
+        state = {"config": asdict(self.config)}
+        if self.generator is not None:
+            state["generator"] = self.generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.config = self.Config(**state["config"])
+        if "generator" in state:
+            self.generator = self.generator or torch.Generator()
+            self.generator.set_state(state["generator"])
 
 
 def _global_norm(tensors) -> Tensor:
