@@ -302,6 +302,22 @@ def test_gamma_sharpness_trace_keeps_one_row_per_probe_and_correlates():
         gamma_sharpness_trace(history.drop(columns="gamma"))
 
 
+def test_sgm_probes_keeps_probe_rows_and_the_optional_columns_there_are():
+    import pandas as pd
+
+    from remd_core.diagnosis import sgm_probes
+
+    history = pd.DataFrame({"step": range(6), "sharpness_paper": [0.5, 0.5, float("nan"), 0.9, 0.9, 0.2],
+                            "gamma": [1.0, 1.0, 1.0, 2.0, 2.0, 0.5], "cos": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+    probes = sgm_probes(history, ("sharpness_paper", "gamma"), optional=("cos", "norm_base"))
+    assert list(probes.columns) == ["step", "sharpness_paper", "gamma", "cos"]
+    assert probes["step"].tolist() == [0, 3, 5] and probes["cos"].tolist() == [0.1, 0.4, 0.6]
+    by_gamma = sgm_probes(history, ("sharpness_paper", "gamma"), key="gamma")
+    assert by_gamma["step"].tolist() == [0, 3, 5]
+    with pytest.raises(ValueError, match=r"\['gamma'\]"):
+        sgm_probes(history.drop(columns="gamma"), ("sharpness_paper", "gamma"))
+
+
 def test_fixed_batch_loss_is_the_fused_mse_on_standardised_labels():
     from remd_core.data import load
     from remd_core.diagnosis import fixed_batch_loss

@@ -6,7 +6,8 @@
   summary, for pictures of sharp minima such as Fig. 2e.
 - ``hessian``: the top Hessian eigenvalue by power iteration, a curvature scalar to set beside SGM's
   sharpness score and gamma (Fig. 5).
-- ``sgm_trace``: the gamma and sharpness trace of an SGM run and their correlation (Fig. 5).
+- ``sgm_trace``: one row per SGM probe of a run (``sgm_probes``), the gamma and sharpness trace and
+  their correlation (Fig. 5).
 - ``closures``: the loss on a fixed evaluation batch that the slices and the Hessian evaluate.
 """
 
@@ -15,7 +16,7 @@ from .hessian import top_hessian_eigenvalue
 from .landscape import (perturbation_guard, random_direction, resolve_params, sharpness_from_slice, slice_1d,
                         slice_2d)
 from .oscillation import DEFAULT_WINDOW, gradient_conflict, oscillation_index, oscillation_table
-from .sgm_trace import gamma_sharpness_trace
+from .sgm_trace import gamma_sharpness_trace, sgm_probes
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -27,6 +28,7 @@ __all__ = [
     "perturbation_guard",
     "random_direction",
     "resolve_params",
+    "sgm_probes",
     "sharpness_from_slice",
     "slice_1d",
     "slice_2d",

@@ -22,7 +22,8 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from ..data.format import MultimodalDataset, MultimodalSplit
-from ..diagnosis import fixed_batch_loss, random_direction, sharpness_from_slice, slice_1d, top_hessian_eigenvalue
+from ..diagnosis import (fixed_batch_loss, random_direction, sgm_probes, sharpness_from_slice, slice_1d,
+                         top_hessian_eigenvalue)
 from ..models import MultimodalRegressor
 from ..trainer import FitResult, TrainConfig, fit, load_encoders
 from ..transforms import prepare_inputs
@@ -132,16 +133,10 @@ def label_order_score(features: np.ndarray, y: np.ndarray) -> float:
 
 
 def probe_scores(history: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
-    """The SGM probes of a run: ``step, sharpness_paper, sharpness_curvature, gamma, cos`` (one row
-    per probe), and Spearman correlations between the two scores and of each with gamma. The paper's
-    score ``L(+) - L(-)`` follows the gradient norm to first order; the curvature score does not."""
-    needed = ["step", "sharpness_paper", "sharpness_curvature", "gamma"]
-    missing = [c for c in needed if c not in history]
-    if missing:
-        raise ValueError(f"history has no {missing} column(s): is it an SGM run?")
-    columns = needed + [c for c in ("cos", "norm_base") if c in history]
-    probes = history[columns].dropna(subset=needed)
-    probes = probes[probes["sharpness_paper"].ne(probes["sharpness_paper"].shift())].reset_index(drop=True)
+    """The SGM probes of a run (``diagnosis.sgm_probes``: one row per probe of ``step,
+    sharpness_paper, sharpness_curvature, gamma``, and ``cos``, ``norm_base`` where logged), and
+    Spearman correlations between the two scores and of each with gamma. The paper's score ``L(+) - L(-)`` follows the gradient norm to first order; the curvature score does not."""
+    probes = sgm_probes(history, ("sharpness_paper", "sharpness_curvature", "gamma"), optional=("cos", "norm_base"))
 
     def rho(a, b):
         return float(stats.spearmanr(probes[a], probes[b])[0]) if len(probes) > 2 else float("nan")
