@@ -172,13 +172,22 @@ def test_reference_state_round_trip_resumes_identically():
 
 
 def load_bench():
-    """``benchmarks/bench_steps.py`` as a module (benchmarks are scripts, not a package)."""
+    """``benchmarks/bench_steps.py`` as a module (benchmarks are scripts, not a package); loading it
+    puts its ``stepbench`` package on the path."""
     if "bench_steps" not in sys.modules:
         spec = importlib.util.spec_from_file_location("bench_steps", REPO_ROOT / "benchmarks" / "bench_steps.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules["bench_steps"] = module  # dataclasses look their module up while it executes
         spec.loader.exec_module(module)
     return sys.modules["bench_steps"]
+
+
+def bench_measure():
+    """``benchmarks/stepbench/measure.py``: the host-read counter and the stub optimizer."""
+    load_bench()
+    import stepbench.measure
+
+    return stepbench.measure
 
 
 FAST = {
@@ -194,10 +203,10 @@ FAST = {
 
 @pytest.mark.parametrize("name", FAST)
 def test_fast_strategies_read_nothing_back_from_the_device(name):
-    bench = load_bench()
+    bench = bench_measure()
     model, inputs, y = make_problem(dtype=torch.float32)
     strategy = FAST[name]().bind(model)
-    optimizer = bench._StubOptimizer(model.parameters())
+    optimizer = bench.StubOptimizer(model.parameters())
     strategy.step(closure(model, inputs, y), optimizer, step=1)  # a step without a probe first
     for t in (4, 5):
         with bench.count_host_reads() as counter:
@@ -206,11 +215,11 @@ def test_fast_strategies_read_nothing_back_from_the_device(name):
 
 
 def test_the_host_read_counter_sees_the_reference_reads():
-    bench = load_bench()
+    bench = bench_measure()
     model, inputs, y = make_problem(dtype=torch.float32)
     strategy = SGMReference(SGMConfig(), check_finite=False).bind(model)
     with bench.count_host_reads() as counter:
-        strategy.step(closure(model, inputs, y), bench._StubOptimizer(model.parameters()), step=0)
+        strategy.step(closure(model, inputs, y), bench.StubOptimizer(model.parameters()), step=0)
     assert counter["n"] > len(list(model.parameters()))
 
 
@@ -267,7 +276,9 @@ def test_bench_steps_runs_and_writes_its_table(profile, extra, stem, batches, tm
             assert rows[name]["ratio_to_ideal"] == pytest.approx(statistics.median(rel), rel=1e-9)
             if peer:
                 assert rows[name]["ratio_to_peer"] == pytest.approx(statistics.median(peer), rel=1e-9)
-        for name in bench.OURS:
+        from stepbench.strategies import OURS
+
+        for name in OURS:
             assert rows[name]["host_reads_per_step"] == 0, name
         assert rows["mmpareto_reference"]["host_reads_per_step"] > 0
         assert rows["sgm_k4"]["n"] >= 1 and all(math.isfinite(r["median_s"]) and r["median_s"] > 0 for r in rows.values())
