@@ -94,6 +94,8 @@ def test_refresh_checks_catch_stale_outputs_counts_addresses_and_paths(tmp_path)
     nb = new_notebook(cells=[new_code_cell("x = 1\nx", execution_count=3, outputs=[
         new_output("execute_result", {"text/plain": "<object at 0x7f3a2b>"}, execution_count=3),
         new_output("display_data", {"application/vnd.jupyter.widget-view+json": {"model_id": "a"}, "text/plain": "w"}),
+        new_output("display_data", {"application/vnd.jupyter.widget-view+json": {"model_id": "b"}, "image/png": "iVBO",
+                                    "text/plain": "LiveFigure"}),
         new_output("stream", text="saved to /tmp/abc/figure.png\n")])])
     nb.metadata[STAMP] = {"source_hash": source_hash(nb)}
     path = tmp_path / "check.ipynb"
@@ -102,7 +104,8 @@ def test_refresh_checks_catch_stale_outputs_counts_addresses_and_paths(tmp_path)
     assert any("execution count" in p for p in found) and any("memory address" in p for p in found)
     assert any("/tmp/abc" in p for p in found) and not any("stale" in p for p in found)
     clean(nb)
-    assert nb.cells[0].execution_count == 1 and len(nb.cells[0].outputs) == 2  # widget view dropped
+    assert nb.cells[0].execution_count == 1 and len(nb.cells[0].outputs) == 3  # a bare widget view dropped
+    assert set(nb.cells[0].outputs[1]["data"]) == {"image/png", "text/plain"}  # the figure a widget carries stays
     assert "0x7f3a2b" not in nb.cells[0].outputs[0]["data"]["text/plain"]
     nb.cells[0].source = "x = 2\nx"
     nbformat.write(nb, path)

@@ -71,7 +71,9 @@ def clean(nb) -> None:
             data = output.get("data")
             if data is not None:
                 if WIDGET_VIEW in data:
-                    continue  # its state is not saved: Lab would show an error; the static figure stays
+                    del data[WIDGET_VIEW]  # its state is not saved: Lab would show an error
+                    if set(data) <= {"text/plain"}:
+                        continue  # nothing left but the widget's name; a figure it carries stays
                 for key, value in list(data.items()):
                     if key.startswith("text/") and isinstance(value, str):
                         data[key] = ADDRESS.sub(" at 0x…", value)
