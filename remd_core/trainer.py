@@ -302,7 +302,7 @@ def build_objective(dataset: MultimodalDataset, config: TrainConfig, device: tor
     loss_fn = regression_loss(config.regression_loss, **({"label_mean": mean, "label_std": std}
                                                         if config.regression_loss == "smape_r2" else {}))
     return Objective(config, tuple(config.modalities or dataset.spec.modality_names),
-                     {m.name: m.kind for m in dataset.spec.modalities}, device, config.parameter_dtype(), mean, std,
+                     dataset.spec.kinds, device, config.parameter_dtype(), mean, std,
                      loss_fn)
 
 

@@ -156,10 +156,30 @@ def test_a_sweep_survives_a_killed_worker_process(tmp_path, grid):
     worker.kill()
     out, err = sweep.communicate(timeout=300)
     assert sweep.returncode == 0, err
-    assert "a worker process died; running 2 cell(s) again" in out + err
+    assert f"{FIRST}: test R2" in out and "(started 2 times: its worker process died" in out, out
     assert "resuming from" in (folder / "cells" / FIRST / "train_recipe.ipynb").read_text()
     assert all(read_json(folder / "cells" / key / "results" / "train_recipe.json") for key in (FIRST, SECOND))
     assert not half_written(folder) and none_left(outputs)
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_client_is_killed_loses_no_finished_cell(tmp_path, grid):
+    outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "sweep-mini"
+    sweep = ["sweep", str(grid), "--profile", "smoke", "--workers", "1", *SLOW]
+    client = start(sweep, outputs)
+    finished = folder / "cells" / FIRST / "results" / "train_recipe.json"
+    wait_for(lambda: mid_run(folder / "cells" / SECOND / "checkpoints" / "last.pt"), client)
+    stamp = finished.stat().st_mtime_ns
+    client.kill()  # the client alone (SIGKILL): its local cluster's workers and kernels are orphaned
+    client.communicate(timeout=60)
+    assert none_left(outputs, timeout=90)  # the workers notice the lost scheduler, the kernels their worker
+    rerun = start(sweep, outputs)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert "2 cells, 1 finished earlier (skipped), 1 to run" in out + err
+    assert finished.stat().st_mtime_ns == stamp
+    assert "resuming from" in (folder / "cells" / SECOND / "train_recipe.ipynb").read_text()
+    assert not half_written(folder)
 
 
 @pytest.mark.slow

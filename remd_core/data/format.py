@@ -58,6 +58,11 @@ class DatasetSpec:
     def modality_names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.modalities)
 
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Modality name -> kind ("image", "volume", "vector"), what input preparation needs."""
+        return {m.name: m.kind for m in self.modalities}
+
     def modality(self, name: str) -> ModalitySpec:
         for m in self.modalities:
             if m.name == name:

@@ -14,7 +14,7 @@ def fixed_batch_loss(model, split: MultimodalSplit, label_mean: float, label_std
     ``size`` samples of ``split`` drawn once with ``seed`` (no augmentation)."""
     index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:size]
     batch = split.batch(index)
-    kinds = {m.name: m.kind for m in split.spec.modalities}
+    kinds = split.spec.kinds
     device = next(model.parameters()).device
     inputs = prepare_inputs(batch, model.modalities, kinds, augment=False, device=device)
     target = ((batch["y"] - label_mean) / label_std).to(device)

@@ -14,7 +14,9 @@ import re
 import shutil
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ..files import write_text
 from .executors import WORKER_RETRIES, dead_worker
 from .grid import Cell
 from .results import ResultStore
@@ -39,10 +41,22 @@ def describe_error(err: BaseException) -> tuple[str, str]:
     return (summary.splitlines()[0] if summary.strip() else type(err).__name__), detail
 
 
+def attempt(cell_dir: str, function, args):
+    """Run one cell's task where the executor put it, counting its starts in ``cell_dir/attempts``:
+    a cell whose worker died is started again by the scheduler, and the count tells the user."""
+    path = Path(cell_dir) / "attempts"
+    starts = int(path.read_text()) + 1 if path.exists() else 1
+    write_text(path, str(starts))
+    return function(*args)
+
+
 def pending_cells(store: ResultStore, cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
-    """``(to run, finished earlier)``."""
+    """``(to run, finished earlier)``; checkpoints a finished cell left (its run was stopped between
+    recording the result and removing them) are removed."""
     done = [c for c in cells if store.finished(c.key) is not None]
     keys = {c.key for c in done}
+    for cell in done:
+        shutil.rmtree(store.cell_dir(cell.key) / "checkpoints", ignore_errors=True)
     return [c for c in cells if c.key not in keys], done
 
 
@@ -60,9 +74,9 @@ def run_cells(store: ResultStore, cells: list[Cell], tasks: dict, executor, titl
 
         def submitted():
             for cell in cells:
-                (store.cell_dir(cell.key) / "error.txt").unlink(missing_ok=True)
-                function, args = tasks[cell.key]
-                yield cell, function, args
+                for stale in ("error.txt", "attempts"):
+                    (store.cell_dir(cell.key) / stale).unlink(missing_ok=True)
+                yield cell, attempt, (str(store.cell_dir(cell.key)), *tasks[cell.key])
 
         bar.set_postfix_str(f"running {min(executor.slots, len(cells))}, failed 0")
         for cell, future in executor.run(submitted()):
@@ -84,6 +98,9 @@ def run_cells(store: ResultStore, cells: list[Cell], tasks: dict, executor, titl
                 rows = result["rows"]
                 line = f"{cell.key}: " + ", ".join(
                     f"test R2 {r['test_r2']:.3f}" + (f" [{r['model']}]" if len(rows) > 1 else "") for r in rows)
+            starts = store.cell_dir(cell.key) / "attempts"
+            if starts.exists() and int(starts.read_text()) > 1:
+                line += f" (started {starts.read_text()} times: its worker process died; each start resumed from the last checkpoint)"
             bar.update(1)
             left = len(cells) - bar.n
             bar.set_postfix_str(f"running {min(executor.slots, left)}, failed {len(outcome.failed)}")

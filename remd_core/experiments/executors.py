@@ -131,6 +131,14 @@ def tls_security(tls: dict | None = None):
                     require_encryption=True)
 
 
+def warn_if_open(address: str, security) -> None:
+    """Warn about a scheduler off this machine reached without TLS."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    if security is None and host not in (LOOPBACK, "localhost", "::1"):
+        warnings.warn(f"connecting to {address} without TLS: anyone who can reach that scheduler can run code on its "
+                      "workers; pass certificates (see the README)", stacklevel=3)
+
+
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -177,10 +185,27 @@ class DaskExecutor:
         for future in as_completed(futures):
             yield futures[future], future
 
-    def close(self):
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+    def close(self, interrupted: bool = False):
+        """Close the client and the cluster it started. ``interrupted`` (Ctrl-C): the embedded
+        cluster's worker processes and their kernels are killed at once instead of finishing the
+        cells they run, which resume from their checkpoints on a rerun."""
+        from distributed import LocalCluster
+
+        if interrupted and isinstance(self.cluster, LocalCluster):
+            import psutil
+
+            for process in psutil.Process().children(recursive=True):  # the workers and their kernels
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+        try:
+            self.client.close(timeout=10 if interrupted else None) if interrupted else self.client.close()
+            if self.cluster is not None:
+                self.cluster.close(timeout=10) if interrupted else self.cluster.close()
+        except Exception:
+            if not interrupted:
+                raise
 
 
 def open_dask(workers: int | None = None, scheduler: str | None = None, slurm: str | Path | None = None,
@@ -198,10 +223,7 @@ def open_dask(workers: int | None = None, scheduler: str | None = None, slurm: s
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if scheduler:
         security = tls_security(tls)
-        host = scheduler.split("://")[-1].rsplit(":", 1)[0]
-        if security is None and host not in (LOOPBACK, "localhost"):
-            warnings.warn(f"connecting to {scheduler} without TLS: anyone who can reach that scheduler can run code on "
-                          "its workers; pass certificates (see the README)", stacklevel=2)
+        warn_if_open(scheduler, security)
         client = Client(scheduler, security=security)
         log(f"Dask: cells go to the cluster at {scheduler}; dashboard {client.dashboard_link}")
         return DaskExecutor(client, gpu=gpu, description=f"the Dask cluster at {scheduler}")
@@ -227,9 +249,13 @@ def open_dask(workers: int | None = None, scheduler: str | None = None, slurm: s
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=LOOPBACK,
                                dashboard_address=f"{LOOPBACK}:0", resources={"GPU": 1} if gpus else None, env=env,
                                silence_logs=logging.ERROR)
+        client = Client(cluster)
+        from .worker_plugins import IgnoreInterrupts
+
+        client.register_plugin(IgnoreInterrupts())
         log(f"Dask: local cluster of {n} worker process(es) x {threads} thread(s) a cell; dashboard "
             f"{cluster.dashboard_link}")
-        return DaskExecutor(Client(cluster), cluster, gpu, f"{n} local worker(s) x {threads} thread(s)")
+        return DaskExecutor(client, cluster, gpu, f"{n} local worker(s) x {threads} thread(s)")
 
 
 def _visible_gpus() -> int:

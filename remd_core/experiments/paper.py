@@ -26,3 +26,9 @@ def stage2_table() -> pd.DataFrame:
     """The paper's STAGE2 numbers as a frame indexed by (recipe, model): ``paper_r2, paper_mse, paper_mae``."""
     index = pd.MultiIndex.from_tuples(STAGE2, names=["recipe", "model"])
     return pd.DataFrame(list(STAGE2.values()), index=index, columns=["paper_r2", "paper_mse", "paper_mae"])
+
+
+def with_paper(summary: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+    """``summary`` (indexed by recipe and model; ``columns`` of it, default all) with the paper's
+    STAGE2 numbers beside each row that the paper reports (empty where it does not)."""
+    return (summary if columns is None else summary[columns]).join(stage2_table(), how="left")

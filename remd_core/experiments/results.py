@@ -158,6 +158,19 @@ def summarize(table: pd.DataFrame, by: tuple[str, ...] = ("recipe", "model")) ->
     return summary
 
 
+def distinct(values: pd.Series) -> str:
+    """The distinct values of a column, sorted and comma-joined (``"0, 1, 2"``)."""
+    return ", ".join(map(str, sorted(values.dropna().unique())))
+
+
+def overview(table: pd.DataFrame) -> pd.DataFrame:
+    """Per sub-grid: the profiles, epochs and seeds its rows were run at, and its number of cells,
+    so a table read from an earlier sweep states the scale that produced it."""
+    by_group = table.assign(group=table["groups"].str.split(";")).explode("group")
+    return by_group.groupby("group", sort=False).agg(profile=("profile", distinct), epochs=("epochs", distinct),
+                                                     seeds=("seed", distinct), cells=("cell", "nunique"))
+
+
 def in_group(table: pd.DataFrame, name: str) -> pd.DataFrame:
     """The rows of ``table`` whose cell belongs to sub-grid ``name``."""
     return table[table["groups"].str.split(";").apply(lambda groups: name in groups)]

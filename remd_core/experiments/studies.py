@@ -89,7 +89,7 @@ def landscape_table(models: dict[str, torch.nn.Module], split: MultimodalSplit, 
 @torch.no_grad()
 def encode(model: MultimodalRegressor, split: MultimodalSplit, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Encoder features (what stage 2 starts from) of every sample of ``split``, per modality."""
-    kinds = {m.name: m.kind for m in split.spec.modalities}
+    kinds = split.spec.kinds
     device = next(model.parameters()).device
     model.eval()
     out = {m: [] for m in model.modalities}

@@ -202,12 +202,13 @@ def _write_resolved_grid(grid: Grid, folder: Path, selected: list[str], seeds, p
 def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu", seeds: list[int] | None = None,
               groups: list[str] | None = None, overrides: dict | None = None, workers: int | None = None,
               progress: bool = True, scheduler: str | None = None, slurm: str | None = None,
-              tls: dict | None = None) -> pd.DataFrame:
+              tls: dict | None = None, executor=None) -> pd.DataFrame:
     """Execute the selected cells of ``grid`` that are not finished in ``folder`` and return
     ``collect(folder)``; see the module docstring. ``overrides`` set other notebook parameters in
     every cell (``{"EPOCHS": 30}``). The cells run on Dask (``executors.open_dask``): ``workers``
     local processes (default: the CPU count, at most the number of cells to run), or the cluster at
-    ``scheduler``, or a Slurm cluster of profile ``slurm``. The returned table's ``attrs`` hold the
+    ``scheduler``, or a Slurm cluster of profile ``slurm``; or on ``executor``, one already open
+    (``experiments.executors``; the caller closes it). The returned table's ``attrs`` hold the
     keys of the cells ``executed`` and ``skipped`` (finished earlier) by this call. Raises
     ``SweepError`` if cells failed (each leaves ``cells/<key>/error.txt``), after the others finished
     and were collected."""
@@ -232,8 +233,10 @@ def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu",
     outcome = Outcome(skipped=[c.key for c in skipped])
     if pending:
         gpu = profile == "gpu"  # the paper's scale: each cell asks for a GPU
-        executor = open_dask(workers, scheduler, slurm, gpu=gpu, tls=tls, cells=len(pending), log=say)
-        try:
+        owned = executor is None
+        if owned:
+            executor = open_dask(workers, scheduler, slurm, gpu=gpu, tls=tls, cells=len(pending), log=say)
+        try:  # an executor this call opened stays open only while cells run
             provenance = write_provenance(folder, {"grid": grid.source, "profile": profile, "seeds": seeds,
                                                    "groups": selected, "overrides": overrides,
                                                    "executor": executor.description, "cells": len(cells),
@@ -246,7 +249,11 @@ def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu",
                                             plans[c.key])) for c in pending}
             run_cells(store, schedule(pending, STAGE2_ONLY), tasks, executor, f"sweep {grid.name}", progress,
                       outcome=outcome)
-        finally:
+        except KeyboardInterrupt:
+            if owned:
+                executor.close(interrupted=True)
+            raise
+        if owned:
             executor.close()
     else:
         say(f"sweep {grid.name}: all {len(cells)} cells finished earlier; nothing to run ({display_path(folder)})")
