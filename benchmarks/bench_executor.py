@@ -4,8 +4,9 @@ the local process pool the sweep used before it, side by side on the same grid, 
 Both run the same cells through the same engine (``experiments.engine``) and the same cell task
 (``workbench.sweep.execute_cell``: one papermill execution each), each in a fresh run folder (so
 stage 1 is trained in both), in the order pool, Dask, Dask, pool, so that drift of the machine
-falls on both. Wall time includes starting and closing the executor. Prints one line per run, the
-ratio of the medians and the overhead per cell; writes ``outputs/bench/executor.json``.
+falls on both. Wall time includes starting and closing the executor. Prints one line per run (its wall
+time, and the summed duration of its notebook executions as papermill recorded them), the ratio of
+the medians and the overhead per cell; writes ``outputs/bench/executor.json``.
 
     .venv/bin/python benchmarks/bench_executor.py                          # smoke: table1, seed 0
     .venv/bin/python benchmarks/bench_executor.py --profile cpu --groups table1
@@ -52,7 +53,13 @@ class ProcessPool:
         self.pool.shutdown()
 
 
-def timed(kind: str, grid, args, workers: int, scratch: Path) -> float:
+def kernel_seconds(folder: Path) -> float:
+    """The summed duration of the cells' papermill executions (what the kernels themselves took)."""
+    return sum(json.loads(p.read_text())["metadata"]["papermill"]["duration"]
+               for p in folder.glob("cells/*/train_recipe.ipynb"))
+
+
+def timed(kind: str, grid, args, workers: int, scratch: Path) -> tuple[float, float]:
     folder = scratch / f"{kind}-{time.monotonic_ns()}"
     start = time.perf_counter()
     if kind == "pool":
@@ -65,8 +72,9 @@ def timed(kind: str, grid, args, workers: int, scratch: Path) -> float:
     else:
         run_sweep(grid, folder, args.profile, args.seeds, args.groups, workers=workers, progress=False)
     seconds = time.perf_counter() - start
+    inside = kernel_seconds(folder)
     shutil.rmtree(folder, ignore_errors=True)
-    return seconds
+    return seconds, inside
 
 
 def main() -> None:
@@ -81,15 +89,18 @@ def main() -> None:
     grid = load_grid(args.grid)
     cells = len(expand(grid, args.seeds, args.groups))
     workers = args.workers or max(1, min(cores(), cells))
-    times = {"pool": [], "dask": []}
+    times, kernels = {"pool": [], "dask": []}, {"pool": [], "dask": []}
     with tempfile.TemporaryDirectory(prefix="remd-bench-") as scratch:
         for kind in ("pool", "dask", "dask", "pool"):
-            seconds = timed(kind, grid, args, workers, Path(scratch))
+            seconds, inside = timed(kind, grid, args, workers, Path(scratch))
             times[kind].append(seconds)
-            print(f"{kind:5s} {cells} cells on {workers} worker(s): {seconds:7.1f} s", flush=True)
+            kernels[kind].append(inside)
+            print(f"{kind:5s} {cells} cells on {workers} worker(s): {seconds:7.1f} s wall, {inside:7.1f} s in the "
+                  "notebook executions (summed)", flush=True)
     pool, dask = statistics.median(times["pool"]), statistics.median(times["dask"])
     report = {"grid": args.grid, "groups": args.groups, "seeds": args.seeds, "profile": args.profile, "cells": cells,
-              "workers": workers, "cores": cores(), "seconds": times, "dask_over_pool": dask / pool,
+              "workers": workers, "cores": cores(), "seconds": times, "kernel_seconds": kernels,
+              "dask_over_pool": dask / pool,
               "overhead_per_cell_s": (dask - pool) / cells}
     print(f"Dask / process pool: {dask / pool:.3f} (median {dask:.1f} s against {pool:.1f} s); "
           f"{(dask - pool) / cells:+.2f} s a cell")
