@@ -8,9 +8,6 @@ STAMP := $(VENV)/.installed
 # pip warns about every registry mirror folder that lacks a package; keep the log readable
 # (in braces, so that the pipeline's status stays the command's under pipefail)
 PIP_FILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
-# each notebook kernel warns that it talks to papermill over local TCP; the filter ignores Ctrl-C, so
-# it keeps passing on what the interrupted command prints last (the command that resumes it)
-KERNEL_FILTER := { trap '' INT; grep -v -e "Kernel is running over TCP without encryption" || true; }
 PYTEST := $(PY) -m pytest -n 2 --dist loadscope
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 # other CPU kernel paths than this machine's: the checked outputs must not move (smoke = float64)
@@ -29,7 +26,7 @@ install: $(STAMP)
 
 # the notebook pipeline 00-04 at the cpu profile on the embedded synthetic data (about 15 min here)
 run: install
-	$(PY) -m remd_core run --profile cpu 2>&1 | $(KERNEL_FILTER)
+	$(PY) -m remd_core run --profile cpu
 
 # unit tests, then every notebook under nbval at the smoke profile (notebooks/conftest.py): cells
 # marked NBVAL_CHECK_OUTPUT must reproduce their committed outputs, all others must run. Then the

@@ -103,8 +103,11 @@ def refresh(path: Path, timeout: int = 900) -> None:
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    with tempfile.TemporaryDirectory() as outputs, _smoke_environment(Path(outputs)):
-        NotebookClient(nb, kernel_name="python3", timeout=timeout,
+    from .runner import kernel_manager
+
+    with (tempfile.TemporaryDirectory() as outputs, tempfile.TemporaryDirectory(prefix="remd-k") as sockets,
+          _smoke_environment(Path(outputs))):
+        NotebookClient(nb, kernel_name="python3", timeout=timeout, kernel_manager_class=kernel_manager(sockets),
                        resources={"metadata": {"path": str(path.parent)}}).execute()
     clean(nb)
     nb.metadata[STAMP] = {"profile": "smoke", "source_hash": source_hash(nb)}
