@@ -61,6 +61,8 @@ def test_run_command_rejects_unknown_notebooks_and_parameters(tmp_path):
 
 
 def test_setup_fills_none_parameters_from_the_profile_named_or_in_the_environment(tmp_path, monkeypatch):
+    from remd_core.optim.sgm import SGMConfig
+    from remd_core.trainer import TrainConfig
     from remd_core.workbench.setup import setup
 
     monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path))
@@ -73,8 +75,12 @@ def test_setup_fills_none_parameters_from_the_profile_named_or_in_the_environmen
     namespace = {"PROFILE": "gpu", "ARCH": None, "RUN_DIR": str(tmp_path)}
     setup(namespace)
     assert namespace["ARCH"] == "resnet34"  # a named profile wins over the environment
-    with pytest.raises(ConfigError, match="LR"):
-        setup({"PROFILE": "cpu", "LR": None})
+    namespace = {"PROFILE": "cpu", "LR": None, "GAMMA_BASE": None, "MARGIN_WARMUP": None}
+    setup(namespace)  # library settings come from their config dataclass
+    assert (namespace["LR"], namespace["GAMMA_BASE"], namespace["MARGIN_WARMUP"]) == (
+        TrainConfig().lr, SGMConfig().gamma_base, TrainConfig().margin_warmup)
+    with pytest.raises(ConfigError, match="TEMPERATURE is None and neither profile 'cpu' nor the library sets it"):
+        setup({"PROFILE": "cpu", "TEMPERATURE": None})
     with pytest.raises(ConfigError, match="laptop"):
         setup({"PROFILE": "laptop"})
 
