@@ -152,7 +152,8 @@ class FitResult:
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss or gradient); the message names step and samples."""
+    """Training cannot go on (a non-finite loss or gradient, or a validation score that cannot select
+    a model); the message names what went wrong where."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -389,6 +390,9 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
         val = metrics.regression_report(dataset.val.y.numpy(), val_pred)
         run["epoch_rows"].append({"epoch": epoch + 1, "val_r2": val["r2"], "val_mse": val["mse"],
                                   "val_mae": val["mae"], "lr": scheduler.get_last_lr()[0]})
+        if not np.isfinite(val["r2"]):  # model selection would have nothing to choose from
+            raise TrainingError(f"{dataset.name}: validation R2 is {val['r2']} after epoch {epoch + 1} ({len(dataset.val)} "
+                             "validation eyes; R2 needs at least 2 with different labels, and finite predictions)")
         improved = val["r2"] > run["best"]["r2"]
         if improved:
             best_weights = copy.deepcopy(model.state_dict())

@@ -123,3 +123,10 @@ def test_the_public_builders_give_the_model_and_the_objective_fit_uses():
                                                device="cpu"))
     with pytest.raises(ValueError, match="margin"):
         stage1.closure(model, inputs, target)
+
+
+def test_a_validation_split_that_cannot_select_a_model_is_refused_by_name():
+    tiny = load("synthetic-stage2", n_eyes=6, image_size=32, oct_size=32, n_bscans=2, test=0.2, val=0.15, cache=False)
+    assert len(tiny.val) == 1  # R2 of one eye is undefined
+    with pytest.raises(TrainingError, match=r"validation R2 is nan after epoch 1 \(1 validation eyes"):
+        fit(tiny, TrainConfig(modalities=("oct",), epochs=1, encoder=TINY), progress=False)
