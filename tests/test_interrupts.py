@@ -122,28 +122,48 @@ def grid(tmp_path):
     return path
 
 
-@pytest.mark.slow
-def test_a_sweep_whose_kernel_is_killed_mid_cell_resumes_that_cell_on_rerun(tmp_path, grid):
+def caught_in_second_cell(tmp_path, grid):
+    """A one-worker sweep of the mini grid, caught while its second cell trains (the first has
+    finished). Returns the sweep's arguments, its process, and the first cell's result file."""
     outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "sweep-mini"
-    sweep = ["sweep", str(grid), "--profile", "smoke", "--workers", "1", *SLOW]
-    first = start(sweep, outputs)
+    args = ["sweep", str(grid), "--profile", "smoke", "--workers", "1", *SLOW]
+    process = start(args, outputs)
+    wait_for(lambda: mid_run(folder / "cells" / SECOND / "checkpoints" / "last.pt"), process)
     finished = folder / "cells" / FIRST / "results" / "train_recipe.json"
-    wait_for(lambda: mid_run(folder / "cells" / SECOND / "checkpoints" / "last.pt"), first)
     assert finished.exists()  # one worker: the first cell finished before the second began
-    stamp = finished.stat().st_mtime_ns
-    kernel_of(outputs).kill()  # what the out-of-memory killer does
-    out, err = first.communicate(timeout=120)
-    assert first.returncode == 1 and "DeadKernelError" in err and SECOND in err, err
-    assert (folder / "cells" / SECOND / "checkpoints" / "last.pt").exists()
+    return args, process, finished
 
-    second = start(sweep, outputs)
-    out, err = second.communicate(timeout=300)
-    assert second.returncode == 0, err
+
+def rerun_resumes_the_second_cell_only(tmp_path, args, finished):
+    outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "sweep-mini"
+    stamp = finished.stat().st_mtime_ns
+    rerun = start(args, outputs)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
     assert "2 cells, 1 finished earlier (skipped), 1 to run" in out + err
     assert "resuming from" in (folder / "cells" / SECOND / "train_recipe.ipynb").read_text()  # the cell says so
     assert finished.stat().st_mtime_ns == stamp  # the finished cell was not redone
     assert read_json(folder / "cells" / SECOND / "results" / "train_recipe.json")["rows"][0]["epochs"] == 3
     assert not (folder / "cells" / SECOND / "checkpoints").exists()  # removed once the result is recorded
+    assert not half_written(folder)
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_kernel_is_killed_mid_cell_resumes_that_cell_on_rerun(tmp_path, grid):
+    args, sweep, finished = caught_in_second_cell(tmp_path, grid)
+    kernel_of(tmp_path / "outputs").kill()  # what the out-of-memory killer does
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 1 and "DeadKernelError" in err and SECOND in err, err
+    rerun_resumes_the_second_cell_only(tmp_path, args, finished)
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_client_is_killed_loses_no_finished_cell(tmp_path, grid):
+    args, client, finished = caught_in_second_cell(tmp_path, grid)
+    client.kill()  # the client alone (SIGKILL): its local cluster's workers and kernels are orphaned
+    client.communicate(timeout=60)
+    assert none_left(tmp_path / "outputs", timeout=90)  # workers notice the lost scheduler, kernels their worker
+    rerun_resumes_the_second_cell_only(tmp_path, args, finished)
 
 
 @pytest.mark.slow
@@ -160,26 +180,6 @@ def test_a_sweep_survives_a_killed_worker_process(tmp_path, grid):
     assert "resuming from" in (folder / "cells" / FIRST / "train_recipe.ipynb").read_text()
     assert all(read_json(folder / "cells" / key / "results" / "train_recipe.json") for key in (FIRST, SECOND))
     assert not half_written(folder) and none_left(outputs)
-
-
-@pytest.mark.slow
-def test_a_sweep_whose_client_is_killed_loses_no_finished_cell(tmp_path, grid):
-    outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "sweep-mini"
-    sweep = ["sweep", str(grid), "--profile", "smoke", "--workers", "1", *SLOW]
-    client = start(sweep, outputs)
-    finished = folder / "cells" / FIRST / "results" / "train_recipe.json"
-    wait_for(lambda: mid_run(folder / "cells" / SECOND / "checkpoints" / "last.pt"), client)
-    stamp = finished.stat().st_mtime_ns
-    client.kill()  # the client alone (SIGKILL): its local cluster's workers and kernels are orphaned
-    client.communicate(timeout=60)
-    assert none_left(outputs, timeout=90)  # the workers notice the lost scheduler, the kernels their worker
-    rerun = start(sweep, outputs)
-    out, err = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, err
-    assert "2 cells, 1 finished earlier (skipped), 1 to run" in out + err
-    assert finished.stat().st_mtime_ns == stamp
-    assert "resuming from" in (folder / "cells" / SECOND / "train_recipe.ipynb").read_text()
-    assert not half_written(folder)
 
 
 @pytest.mark.slow
