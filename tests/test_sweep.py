@@ -64,8 +64,8 @@ def test_parameters_must_be_declared_by_the_cell_notebook(tmp_path):
         load_grid(grid_file(tmp_path, base + "params: {SEED: [1]}\n"))
     with pytest.raises(ConfigError, match="GAMMA_BASE = 'high' is a str"):
         load_grid(grid_file(tmp_path, base + "params: {GAMMA_BASE: [high]}\n"))
-    with pytest.raises(ConfigError, match="unknown recipe 'sam'"):
-        load_grid(grid_file(tmp_path, "datasets: [synthetic-stage2]\nrecipes: [sam]\nseeds: [0]\n"))
+    with pytest.raises(ConfigError, match="unknown recipe 're-m3d'"):
+        load_grid(grid_file(tmp_path, "datasets: [synthetic-stage2]\nrecipes: [re-m3d]\nseeds: [0]\n"))
     grid = load_grid(grid_file(tmp_path, MINI))
     with pytest.raises(ConfigError, match="EPOCH"):  # overrides too, before anything runs
         run_sweep(grid, tmp_path / "run", profile="smoke", overrides={"EPOCH": 3}, progress=False)
