@@ -394,7 +394,7 @@ def test_out_of_range_hyperparameters_are_value_errors(name, options):
 
 def test_unknown_strategy_or_option_is_an_error():
     with pytest.raises(ValueError, match="unknown strategy"):
-        build_strategy("sam")
+        build_strategy("sharpness")
     with pytest.raises(ValueError, match="gama"):
         build_strategy("sgm", {"gama": 1.0})
 

@@ -6,11 +6,14 @@ import torch
 from .functions import combine_gradients, dot_and_norms, min_norm_2, modulation_gamma, per_tensor_norms, sharpness_score
 from .joint import Joint, JointConfig
 from .mmpareto import MMPareto, MMParetoConfig
+from .imbsam import ImbSAM, ImbSAMConfig
 from .ogm_ge import OGMGE, OGMGEConfig
+from .sam import SAM, SAMConfig
 from .sgm import SGM, SGMConfig
+from .sse_sam import SSESAM, SSESAMConfig
 from .strategy import Losses, NonFiniteError, Strategy
 
-STRATEGIES = {cls.name: cls for cls in (Joint, SGM, MMPareto, OGMGE)}
+STRATEGIES = {cls.name: cls for cls in (Joint, SGM, MMPareto, OGMGE, SAM, ImbSAM, SSESAM)}
 
 
 def build_strategy(name: str, options: dict | None = None, *, seed: int | None = None, **kwargs) -> Strategy:
@@ -32,7 +35,7 @@ def build_strategy(name: str, options: dict | None = None, *, seed: int | None =
 
 
 __all__ = [
-    "Joint", "JointConfig", "Losses", "MMPareto", "MMParetoConfig", "NonFiniteError", "OGMGE", "OGMGEConfig", "SGM",
-    "SGMConfig", "STRATEGIES", "Strategy", "build_strategy", "combine_gradients", "dot_and_norms", "min_norm_2",
+    "ImbSAM", "ImbSAMConfig", "Joint", "JointConfig", "Losses", "MMPareto", "MMParetoConfig", "NonFiniteError", "OGMGE", "OGMGEConfig", "SAM", "SAMConfig", "SGM",
+    "SGMConfig", "SSESAM", "SSESAMConfig", "STRATEGIES", "Strategy", "build_strategy", "combine_gradients", "dot_and_norms", "min_norm_2",
     "modulation_gamma", "per_tensor_norms", "sharpness_score",
 ]

@@ -1,0 +1,193 @@
+"""ImbSAM (Zhou et al., "ImbSAM: A Closer Look at Sharpness-Aware Minimization in Class-Imbalanced
+Recognition", ICCV 2023, section 3.2, Eq. 6-8), adapted to regression, as a comparator of the
+Re-M3Dr paper (Table 1).
+
+The batch is split into head and tail samples; the update is
+
+    g = grad L_head(w) + grad L_tail(w + e_tail),   e_tail = rho * g_tail / (||g_tail|| + eps),
+    g_tail = grad L_tail(w)
+
+(one global norm over every trainable parameter, as in SAM). Head and tail are regions of MD
+(our regression stand-in for the paper's head and tail classes): head = samples in the "many" bins
+of ``metrics.region_labels`` of the TRAINING labels, tail = "medium" and "few" (and labels outside
+the training bins). ``set_regions(regions, label_mean, label_std)`` gives the strategy those
+training regions (the closure's ``Losses.target`` is standardised, so the bin edges are mapped into
+its units); the mask of a batch is then computed on the device (``torch.bucketize``), with no host
+synchronisation. Without ``set_regions`` (your own loop, the strategy harness) the regions come
+from the batch's own targets with the config's ``bin_width``, ``many``, ``few`` (one host read per
+step): a stand-in, not the paper's training counts.
+
+How the losses are split, with no change to the closure: ``L_head`` and ``L_tail`` are the parts of
+the objective of ``joint`` (fused plus ``alpha`` times unimodal) carried by the head and by the tail
+samples' predictions. The strategy records the model's ``fused`` and ``unimodal`` outputs with a
+forward hook, takes the cotangents ``dL/dyhat_i`` once, and back-propagates them masked to the head
+or the tail samples (``split_gradients``: vector-Jacobian products over one graph). For a loss that
+is a batch mean of per-sample terms (MSE, L1, Huber) this is exactly the gradient of
+``sum_{i in head} l_i / B`` (and of the tail's), so ``L_head + L_tail`` is the usual batch loss; for a
+loss coupling samples (``smape_r2``'s R^2 term) it is the gradient through each group's predictions.
+``Losses.extra`` (stage 1's contrastive term, head regularisers) is back-propagated plainly at
+``w``, as by every strategy. The losses must depend on the parameters only through those outputs
+(true for ``MultimodalRegressor``; a model whose losses read other outputs needs them recorded too).
+
+Edge cases, with no branch on the device's values (no host synchronisation): a batch with no tail
+sample has ``g_tail = 0``, so ``e_tail = 0`` and the step is the plain gradient (at the cost of the
+second pass); a batch with no head sample is SAM on the tail.
+
+Where we differ from the official code (cool-xuan/Imbalanced_SAM, classification): the official
+code splits by class (tail = classes below a training count) and computes the head and tail losses
+on the sample subsets with two separate backward passes; we split by MD region and use masked
+cotangents over one forward pass (same gradients for a per-sample loss, one forward fewer).
+Each group's loss is normalised by the whole batch size ``B`` (so head plus tail is the batch loss),
+our choice where a subset mean would up-weight a small tail. The perturbed forward freezes the
+BatchNorm running statistics (see ``sam``), so they are updated once per step.
+Cost: 2 forward + 3 backward (two over the graph at ``w``, one at ``w + e_tail``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import metrics
+from .sam import perturbed, sam_perturbation, trainable
+from .strategy import Strategy, assign_grads, frozen_batchnorm_stats
+
+
+@dataclass
+class ImbSAMConfig:
+    rho: float = 0.05
+    unimodal_weight: float = 1.0
+    eps: float = 1e-12
+    bin_width: float = 2.0
+    many: float = 0.08
+    few: float = 0.02
+
+    def __post_init__(self):
+        _check(self.rho, self.unimodal_weight, self.eps, self.bin_width)
+
+
+def _check(rho, unimodal_weight, eps, bin_width):
+    if rho < 0 or unimodal_weight < 0 or eps < 0 or bin_width <= 0:
+        raise ValueError(f"need rho >= 0, unimodal_weight >= 0, eps >= 0 and bin_width > 0; got {rho}, "
+                         f"{unimodal_weight}, {eps}, {bin_width}")
+
+
+def head_mask(target: Tensor, edges: Tensor, is_many: Tensor) -> Tensor:
+    """``True`` where ``target`` falls in a "many" bin ``[edges[k], edges[k+1])`` (a label outside
+    every bin is tail, as ``Regions.assign`` calls it "few"). ``is_many``: ``[n_bins]`` booleans."""
+    idx = torch.bucketize(target.detach(), edges, right=True) - 1
+    inside = (idx >= 0) & (idx < is_many.numel())
+    return inside & is_many[idx.clamp(0, is_many.numel() - 1)]
+
+
+def split_gradients(outputs: list[Tensor], objective: Tensor, params: list, masks: list[Tensor]):
+    """The gradient of ``objective`` carried by each group of samples: ``dL/dyhat`` (one backward
+    to the outputs), then one vector-Jacobian product per mask with the cotangents outside the
+    group set to zero. ``outputs``: the model's per-sample outputs ``[B, ...]`` the objective reads."""
+    used = [o for o in outputs if o.requires_grad]
+    cotangents = torch.autograd.grad(objective, used, retain_graph=True, allow_unused=True)
+    pairs = [(o, c) for o, c in zip(used, cotangents) if c is not None]
+    out = []
+    for i, mask in enumerate(masks):
+        grads = torch.autograd.grad([o for o, _ in pairs],
+                                    params,
+                                    grad_outputs=[c * mask.reshape(-1, *[1] * (c.dim() - 1)).to(c.dtype)
+                                                  for _, c in pairs],
+                                    retain_graph=i < len(masks) - 1, allow_unused=True)
+        out.append(list(grads))
+    return out
+
+
+def add_grads(a, b):
+    return [x if y is None else y if x is None else x + y for x, y in zip(a, b)]
+
+
+class HeadTailSAM(Strategy):
+    """The shared core of ImbSAM and SSE-SAM: head gradient at ``w + e_head`` (at ``w`` when
+    ``rho_head == 0``), tail gradient at ``w + e_tail``, their sum plus the plain gradient of
+    ``Losses.extra`` at ``w``."""
+
+    modulates_encoders = False
+
+    def __init__(self, config=None, check_finite: bool = True, generator: torch.Generator | None = None):
+        super().__init__(config, check_finite, generator)
+        self.bins: tuple[Tensor, Tensor] | None = None  # (edges in target units, is_many)
+        self._bins_on: tuple[Tensor, Tensor] | None = None
+        self._outputs: list[Tensor] = []
+
+    def set_regions(self, regions: "metrics.Regions", label_mean: float = 0.0, label_std: float = 1.0):
+        """Head = the "many" bins of ``regions`` (from the TRAINING labels); ``label_mean`` and
+        ``label_std`` standardise the bin edges as the closure's targets are standardised."""
+        edges = (np.asarray(regions.edges, dtype=np.float64) - label_mean) / label_std
+        self.bins = (torch.as_tensor(edges), torch.as_tensor([r == "many" for r in regions.regions]))
+        self._bins_on = None
+        return self
+
+    def radii(self, step: int) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def _head(self, target: Tensor) -> Tensor:
+        cfg = self.config
+        if self.bins is None:  # the batch's own regions: a stand-in (one host read)
+            regions = metrics.region_labels(target.detach().double().cpu().numpy(), cfg.bin_width, cfg.many, cfg.few)
+            return torch.as_tensor(regions.assign(target.detach().double().cpu().numpy()) == "many",
+                                   device=target.device)
+        if self._bins_on is None or self._bins_on[0].device != target.device or self._bins_on[0].dtype != target.dtype:
+            self._bins_on = (self.bins[0].to(target.device, target.dtype), self.bins[1].to(target.device))
+        return head_mask(target, *self._bins_on)
+
+    @contextlib.contextmanager
+    def _recording(self):
+        self._outputs = []
+
+        def hook(module, args, out):
+            self._outputs = [out["fused"], *out.get("unimodal", {}).values()]
+
+        handle = self.model.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _objective(self, losses):
+        return losses.fused + self.config.unimodal_weight * losses.unimodal_sum() if losses.unimodal else losses.fused
+
+    def _grads_at(self, compute, params, offsets, mask):
+        with perturbed(params, offsets), frozen_batchnorm_stats(self.model), self._recording():
+            losses = compute()
+            (grads,) = split_gradients(self._outputs, self._objective(losses), params, [mask])
+        return grads, self._objective(losses).detach()
+
+    def backward(self, compute, step, epoch):
+        cfg = self.config
+        rho_head, rho_tail = self.radii(step)
+        params = trainable(self.model)
+        with self._recording():
+            losses = compute()
+        if losses.target is None:
+            raise ValueError(f"{self.name}: the closure's Losses has no target, needed to split head and tail")
+        head = self._head(losses.target)
+        tail = ~head
+        g_head, g_tail = split_gradients(self._outputs, self._objective(losses), params, [head, tail])
+        if losses.extra is not None and losses.extra.requires_grad:
+            assign_grads(params, torch.autograd.grad(losses.extra, params, allow_unused=True))
+        logs = {**losses.logs(), "head_fraction": head.float().mean(), "rho_head": torch.tensor(rho_head)}
+        if rho_head > 0:
+            g_head, logs["loss_at_e_head"] = self._grads_at(
+                compute, params, sam_perturbation(params, g_head, rho_head, eps=cfg.eps), head)
+        g_tail, logs["loss_at_e_tail"] = self._grads_at(
+            compute, params, sam_perturbation(params, g_tail, rho_tail, eps=cfg.eps), tail)
+        assign_grads(params, add_grads(g_head, g_tail))
+        return logs
+
+
+class ImbSAM(HeadTailSAM):
+    name = "imbsam"
+    Config = ImbSAMConfig
+
+    def radii(self, step):
+        return 0.0, self.config.rho
