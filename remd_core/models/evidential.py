@@ -5,9 +5,11 @@ Papers
 - EyeMoSt: Zou, Du, Zhou, Fu, Liu, Zhang. "Reliable Multimodality Eye Disease Screening via Mixture of
   Student's t Distributions", MICCAI 2023.
 - EyeMoSt+: Zou et al. "Confidence-aware multimodality learning for eye disease screening", Medical
-  Image Analysis 2024 (the same fusion plus a confidence-consistency loss).
+  Image Analysis 2024, arXiv 2405.18167 (the same fusion plus a confidence-aware ranking
+  regularisation: the fused confidence should not fall below a single modality's).
 - The per-modality likelihood and its regulariser are those of Amini, Schwarting, Soleimany, Rus,
-  "Deep Evidential Regression", NeurIPS 2020 (Eqs. 8, 9).
+  "Deep Evidential Regression", NeurIPS 2020 (Sec. 3: the NIG marginal, its NLL (Eq. 8) and the
+  evidence regulariser (Eq. 9)).
 - Official code: github.com/Cocofeat/EyeMoSt, ``MedIA-24/model.py`` (``NIG_NLL``, ``ST_NLL``,
   ``NIG_Reg``, ``EyeMost.infer``, ``EyeMost.ST_Combin``, ``calculate_cml_u_loss``); defaults from
   ``train3_trans.py`` (``ev_dec_alpha_max = ev_dec_v_max = 20``, ``ev_dec_beta_min = 0.2``).
@@ -15,10 +17,11 @@ Papers
 What each modality predicts
 ---------------------------
 A Normal-Inverse-Gamma (NIG) prior over the mean and variance of ``y``: ``(gamma, v, alpha, beta)``.
-Integrating the prior out gives a Student-t for ``y`` (Amini Eq. 6; EyeMoSt Eq. 3):
-``St(y; loc=gamma, df=2 alpha, scale^2=beta (1 + v) / (v alpha))``.
+Integrating the prior out gives a Student-t for ``y`` (Amini Sec. 3):
+``St(y; loc=gamma, df=2 alpha, scale^2=beta (1 + v) / (v alpha))`` (Amini Sec. 3; EyeMoSt's "NIG as
+Student-t" step).
 
-The fusion (EyeMoSt Sec. 2.2, ``ST_Combin``)
+The fusion (EyeMoSt's mixture of Student-t distributions, official ``ST_Combin``)
 --------------------------------------------
 For two modalities the official code takes as *base* the modality with the smaller degrees of freedom
 (the heavier tail: the less certain one), keeps its ``df``, matches the other Student-t to that ``df``
@@ -122,7 +125,7 @@ def nig_parameters(raw: torch.Tensor, *, alpha_max: float = ALPHA_MAX, v_max: fl
 
 
 def nig_to_student_t(gamma: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> StudentT:
-    """The marginal of ``y`` under the NIG prior (Amini Eq. 6; EyeMoSt Eq. 3): location ``gamma``,
+    """The marginal of ``y`` under the NIG prior (Amini Sec. 3): location ``gamma``,
     ``df = 2 alpha``, ``scale^2 = beta (1 + v) / (v alpha)``. Returns the scale, not its square
     (the official ``ST_Combin`` keeps the square; difference 2)."""
     scale2 = beta * (1.0 + v) / (v * alpha)
@@ -180,7 +183,7 @@ def _present_matrix(present, k: int, batch: int, device) -> torch.Tensor:
 
 def fuse_student_t(locs: Sequence[torch.Tensor], scales: Sequence[torch.Tensor], dfs: Sequence[torch.Tensor],
                    present: torch.Tensor | None = None, *, eps: float = 1e-8) -> StudentT:
-    """Mixture-of-Student-t fusion (EyeMoSt Sec. 2.2, official ``ST_Combin``), per eye over present modalities.
+    """Mixture-of-Student-t fusion (EyeMoSt's mixture of Student-t, official ``ST_Combin``), per eye over present modalities.
 
     Inputs: K lists of ``[B]`` tensors (scales, not squared) and ``present`` bool ``[B, K]`` (all present if
     None). For each eye, base ``b`` = present modality with the smallest ``df``;
