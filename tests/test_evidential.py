@@ -309,3 +309,14 @@ def test_confidence_loss_tolerance_selects_eyes():
     assert ev.confidence_consistency_loss(y, [nig], fused).item() == pytest.approx(2 * gap)
     assert ev.confidence_consistency_loss(y, [nig], fused, tolerance=1.0).item() == pytest.approx(gap)
     assert ev.confidence_consistency_loss(y, [nig], fused, reduction="mean").item() == pytest.approx(gap)
+
+
+def test_fusion_contributions_sum_to_prediction():
+    torch.manual_seed(2)
+    dims, feats, y = make_batch(b=4)
+    head = ev.EvidentialHead(dims)
+    present = torch.tensor([[True, True], [False, True], [True, False], [True, True]])
+    shares = head.fusion_contributions(feats, present)
+    total = sum(shares.values())
+    assert torch.allclose(total, head(feats, present).prediction, rtol=1e-12, atol=1e-12)
+    assert shares["fundus"][1].item() == 0.0 and shares["oct"][2].item() == 0.0

@@ -348,6 +348,18 @@ class EvidentialHead(nn.Module):
                                [student[m].df for m in self.modalities], mask)
         return EvidentialOutput(nig=nig, student=student, fused=fused, prediction=fused.loc, present=mask)
 
+    def fusion_contributions(self, features: Mapping[str, torch.Tensor],
+                             present: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Each modality's additive share of the fused location (the model contract's
+        ``fusion_contributions``): ``w_m gamma_m`` with ``w_m = (df_m + eps) / sum_present (df_k + eps)``,
+        0 for an absent modality; the shares sum to ``prediction``."""
+        out = self(features, present)
+        df = torch.stack([out.student[m].df for m in self.modalities], dim=-1)
+        w = torch.where(out.present, df + 1e-8, torch.zeros_like(df))
+        w = w / w.sum(-1, keepdim=True)
+        return {m: torch.where(out.present[:, j], w[:, j] * out.nig[m].gamma, torch.zeros_like(w[:, j]))
+                for j, m in enumerate(self.modalities)}
+
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     n = mask.sum()
