@@ -328,3 +328,12 @@ def test_sse_sam_step_counter_survives_a_state_round_trip_and_resumes_identicall
     second.set_regions(regions, LABEL_MEAN, LABEL_STD)
     strategy_steps(second, model, inputs, target, 2, lr=0.1)
     assert_same_parameters(model, straight, tol=0)
+
+
+def test_a_model_output_the_split_would_miss_is_refused():
+    model, inputs, target, regions, _ = cnn_problem()
+    forward = model.forward
+    model.forward = lambda x: {**forward(x), "nig": torch.zeros(len(target))}
+    strategy = ImbSAM().set_regions(regions, LABEL_MEAN, LABEL_STD).bind(model)
+    with pytest.raises(ValueError, match=r"\['nig'\]"):
+        strategy.step(cnn_closure(model, inputs, target), torch.optim.SGD(model.parameters(), lr=0.1))

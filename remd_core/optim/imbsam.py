@@ -33,13 +33,17 @@ Edge cases, with no branch on the device's values (no host synchronisation): a b
 sample has ``g_tail = 0``, so ``e_tail = 0`` and the step is the plain gradient (at the cost of the
 second pass); a batch with no head sample is SAM on the tail.
 
-Where we differ from the official code (cool-xuan/Imbalanced_SAM, classification): the official
-code splits by class (tail = classes below a training count) and computes the head and tail losses
-on the sample subsets with two separate backward passes; we split by MD region and use masked
-cotangents over one forward pass (same gradients for a per-sample loss, one forward fewer).
-Each group's loss is normalised by the whole batch size ``B`` (so head plus tail is the batch loss),
-our choice where a subset mean would up-weight a small tail. The perturbed forward freezes the
-BatchNorm running statistics (see ``sam``), so they are updated once per step.
+Where we differ from the official code (cool-xuan/Imbalanced_SAM, ``utils/trainval.py``
+``forbackward`` and ``imbsam.py``, classification): there the tail is a set of classes and the loss
+is per-sample (``reduction='none'``): ``head_loss = loss[~tail].sum() / B`` and ``tail_loss`` alike
+are back-propagated over one forward, then a second full-batch forward at ``w + e_tail`` gives the
+tail gradient. We split by MD region and take the group gradients by masked cotangents of the
+closure's unchanged (batch-mean) losses, which for a per-sample loss are the same gradients, with
+the same ``/ B`` normalisation. The official code lets both forwards update the BatchNorm running
+statistics and restores the weights by subtracting ``e``; we freeze the statistics in the perturbed
+forward (see ``sam``) and copy the weights back; its ``1e-16`` in the norm is our ``eps`` (1e-12,
+davda54/sam's). The model's outputs other than ``fused``, ``unimodal``, ``features`` and
+``projections`` are refused (``ValueError``) rather than silently left out of the split.
 Cost: 2 forward + 3 backward (two over the graph at ``w``, one at ``w + e_tail``).
 """
 
@@ -74,6 +78,10 @@ def _check(rho, unimodal_weight, eps, bin_width):
     if rho < 0 or unimodal_weight < 0 or eps < 0 or bin_width <= 0:
         raise ValueError(f"need rho >= 0, unimodal_weight >= 0, eps >= 0 and bin_width > 0; got {rho}, "
                          f"{unimodal_weight}, {eps}, {bin_width}")
+
+
+SPLIT_OUTPUTS = {"fused", "unimodal"}
+"""The model outputs whose per-sample cotangents are split into head and tail."""
 
 
 def head_mask(target: Tensor, edges: Tensor, is_many: Tensor) -> Tensor:
@@ -145,6 +153,10 @@ class HeadTailSAM(Strategy):
         self._outputs = []
 
         def hook(module, args, out):
+            unknown = sorted(set(out) - SPLIT_OUTPUTS - {"features", "projections"})
+            if unknown:
+                raise ValueError(f"{self.name}: the model's outputs {unknown} may carry the losses too; the head/tail "
+                                 f"split back-propagates only through {sorted(SPLIT_OUTPUTS)}")
             self._outputs = [out["fused"], *out.get("unimodal", {}).values()]
 
         handle = self.model.register_forward_hook(hook)
