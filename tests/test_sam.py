@@ -125,7 +125,12 @@ class SmallCNN(nn.Module):
         return out
 
 
-EXTRA = 0.01  # weight of an L2 term on the fusion head, passed as Losses.extra (plain gradient at w)
+EXTRA = 0.01  # weight of a term on the fusion head and the features, passed as Losses.extra (plain gradient at w);
+# it shares the forward's graph, as stage 1's contrastive term does
+
+
+def extra_term(model, out):
+    return EXTRA * (model.fusion_head.weight.square().sum() + sum(f.square().mean() for f in out["features"].values()))
 LABEL_MEAN, LABEL_STD = -3.0, 2.0
 
 
@@ -149,14 +154,17 @@ def cnn_closure(model, inputs, target):
         out = model(inputs)
         mse = nn.functional.mse_loss
         return Losses(fused=mse(out["fused"], target), unimodal={m: mse(p, target) for m, p in out["unimodal"].items()},
-                      extra=EXTRA * model.fusion_head.weight.square().sum(), features=out["features"], target=target)
+                      extra=extra_term(model, out), features=out["features"], target=target)
     return compute
 
 
 def group_loss(model, inputs, target, mask):
     """The straightforward definition: per-sample squared errors of the fused and every unimodal
     prediction, summed over the group's samples, divided by the batch size."""
-    out = model(inputs)
+    return group_loss_of(model(inputs), target, mask)
+
+
+def group_loss_of(out, target, mask):
     per_sample = (out["fused"] - target) ** 2 + sum(((p - target) ** 2 for p in out["unimodal"].values()),
                                                     torch.zeros_like(target))
     return (per_sample * mask).sum() / target.numel()
@@ -189,7 +197,7 @@ def reference_steps(model, inputs, target, head, steps, lr, rho_head_at, rho_tai
     for t in range(steps):
         lh = lambda: group_loss(model, inputs, target, head)  # noqa: E731
         lt = lambda: group_loss(model, inputs, target, tail)  # noqa: E731
-        extra = lambda: EXTRA * model.fusion_head.weight.square().sum()  # noqa: E731
+        extra = lambda: extra_term(model, model(inputs))  # noqa: E731
         g_h, g_t, g_x = grad_at(model, lh), grad_at(model, lt), grad_at(model, extra)
         if rho_head_at(t) > 0:
             g_h = grad_at(model, lh, normalised(g_h, rho_head_at(t)))
@@ -246,7 +254,9 @@ def test_sam_three_steps_on_the_cnn_equal_the_recomputation(modalities):
     strategy_steps(SAM(SAMConfig(rho=0.2)), model, inputs, target, 3, lr=0.1)
     every = torch.ones_like(target, dtype=torch.bool)
     for _ in range(3):
-        total = lambda: group_loss(ref, inputs, target, every) + EXTRA * ref.fusion_head.weight.square().sum()  # noqa
+        def total():
+            out = ref(inputs)
+            return group_loss_of(out, target, every) + extra_term(ref, out)
         g = grad_at(ref, total, normalised(grad_at(ref, total), 0.2))
         with torch.no_grad():
             for p, d in zip(ref.parameters(), g):

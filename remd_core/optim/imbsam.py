@@ -184,9 +184,9 @@ class HeadTailSAM(Strategy):
             raise ValueError(f"{self.name}: the closure's Losses has no target, needed to split head and tail")
         head = self._head(losses.target)
         tail = ~head
+        if losses.extra is not None and losses.extra.requires_grad:  # first: it may share the graph
+            assign_grads(params, torch.autograd.grad(losses.extra, params, retain_graph=True, allow_unused=True))
         g_head, g_tail = split_gradients(self._outputs, self._objective(losses), params, [head, tail])
-        if losses.extra is not None and losses.extra.requires_grad:
-            assign_grads(params, torch.autograd.grad(losses.extra, params, allow_unused=True))
         logs = {**losses.logs(), "head_fraction": head.float().mean(), "rho_head": torch.tensor(rho_head)}
         if rho_head > 0:
             g_head, logs["loss_at_e_head"] = self._grads_at(
