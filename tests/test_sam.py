@@ -347,3 +347,14 @@ def test_a_model_output_the_split_would_miss_is_refused():
     strategy = ImbSAM().set_regions(regions, LABEL_MEAN, LABEL_STD).bind(model)
     with pytest.raises(ValueError, match=r"\['nig'\]"):
         strategy.step(cnn_closure(model, inputs, target), torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_sse_sam_learns_the_run_length_unless_the_option_gave_it():
+    assert SSESAM().set_total_steps(40).config.total_steps == 40
+    assert SSESAM(SSESAMConfig(total_steps=10)).set_total_steps(40).config.total_steps == 10
+    strategy = SSESAM(SSESAMConfig(head_until=0.25)).set_total_steps(8)
+    assert strategy.radii(0) == (0.05, 0.05)
+    strategy.steps = 2
+    assert strategy.radii(2) == (0.0, 0.05)
+    with pytest.raises(ValueError):
+        SSESAM().set_total_steps(-1)

@@ -15,7 +15,9 @@ training regions (the closure's ``Losses.target`` is standardised, so the bin ed
 its units); the mask of a batch is then computed on the device (``torch.bucketize``), with no host
 synchronisation. Without ``set_regions`` (your own loop, the strategy harness) the regions come
 from the batch's own targets with the config's ``bin_width``, ``many``, ``few`` (one host read per
-step): a stand-in, not the paper's training counts.
+step), in the targets' units (in the trainer they are standardised, so ``bin_width = 2`` is two SDs):
+a stand-in for loops without training labels, not the paper's training counts; ``fit`` should call
+``set_regions``.
 
 How the losses are split, with no change to the closure: ``L_head`` and ``L_tail`` are the parts of
 the objective of ``joint`` (fused plus ``alpha`` times unimodal) carried by the head and by the tail
@@ -187,7 +189,8 @@ class HeadTailSAM(Strategy):
         if losses.extra is not None and losses.extra.requires_grad:  # first: it may share the graph
             assign_grads(params, torch.autograd.grad(losses.extra, params, retain_graph=True, allow_unused=True))
         g_head, g_tail = split_gradients(self._outputs, self._objective(losses), params, [head, tail])
-        logs = {**losses.logs(), "head_fraction": head.float().mean(), "rho_head": torch.tensor(rho_head)}
+        logs = {**losses.logs(), "head_fraction": head.float().mean(),
+                "rho_head": torch.full((), rho_head, device=head.device)}  # made on the device: no copy
         if rho_head > 0:
             g_head, logs["loss_at_e_head"] = self._grads_at(
                 compute, params, sam_perturbation(params, g_head, rho_head, eps=cfg.eps), head)

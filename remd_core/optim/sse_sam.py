@@ -12,8 +12,8 @@ seeks flat minima for head and tail alike (SAM's behaviour on the whole batch, b
 drowned by the head's gradient); afterwards ``rho_head = 0`` and the step is ImbSAM's (head plain,
 tail perturbed), which lets the tail catch up.
 
-How the strategy knows how far training is: ``total_steps`` (config; the trainer or your loop sets
-it, e.g. ``epochs * batches per epoch``), and its own step counter (``steps``, saved in its state,
+How the strategy knows how far training is: ``total_steps`` (config, or ``set_total_steps(n)``, which
+sets it unless the option was given: the trainer or your loop knows ``epochs * batches per epoch``), and its own step counter (``steps``, saved in its state,
 so a resumed run switches at the same step). The switch is at step ``floor(head_until *
 total_steps)``. ``total_steps = 0`` (unknown) keeps both radii for the whole run (SAM-like), and the
 logs' ``rho_head`` shows it. We count steps ourselves rather than read ``step=``, so a loop that does
@@ -30,6 +30,7 @@ Cost: 3 forward + 4 backward in the first stage, 2 forward + 3 backward after it
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -75,6 +76,15 @@ class SSESAM(HeadTailSAM):
     def __init__(self, config=None, check_finite: bool = True, generator: torch.Generator | None = None):
         super().__init__(config, check_finite, generator)
         self.steps = 0
+
+    def set_total_steps(self, total_steps: int) -> "SSESAM":
+        """The run's length in steps, for a caller that knows it (``fit``: epochs times batches per
+        epoch); an explicit ``total_steps`` option wins. Saved with the config in the state."""
+        if total_steps < 0:
+            raise ValueError(f"total_steps must be >= 0, got {total_steps}")
+        if not self.config.total_steps:
+            self.config = dataclasses.replace(self.config, total_steps=int(total_steps))
+        return self
 
     def radii(self, step):
         cfg = self.config
