@@ -269,7 +269,7 @@ def test_the_head_mask_is_the_many_region_of_the_training_labels_in_standardised
     strategy = ImbSAM().set_regions(regions, LABEL_MEAN, LABEL_STD)
     edges, is_many = strategy.bins
     assert torch.equal(head_mask(target, edges, is_many), head)
-    outside = torch.tensor([(regions.edges[0] - 1 - LABEL_MEAN) / LABEL_STD, (regions.edges[-1] + 1 - LABEL_MEAN) / LABEL_STD])
+    outside = (torch.tensor([regions.edges[0] - 1, regions.edges[-1] + 1]) - LABEL_MEAN) / LABEL_STD
     assert not head_mask(outside, edges, is_many).any()  # no training sample there: tail
 
 
@@ -278,7 +278,8 @@ def test_a_batch_without_tail_is_the_plain_gradient_and_one_without_head_is_sam_
     ref = copy.deepcopy(model)
     everything_head = dataclasses.replace(regions, regions=("many",) * len(regions.regions))
     strategy = ImbSAM(ImbSAMConfig(rho=0.5)).set_regions(everything_head, LABEL_MEAN, LABEL_STD)
-    inside = target.clamp((regions.edges[0] - LABEL_MEAN) / LABEL_STD + 1e-6, (regions.edges[-1] - LABEL_MEAN) / LABEL_STD - 1e-6)
+    lo, hi = (regions.edges[0] - LABEL_MEAN) / LABEL_STD, (regions.edges[-1] - LABEL_MEAN) / LABEL_STD
+    inside = target.clamp(lo + 1e-6, hi - 1e-6)  # every target in a training bin
     all_head = torch.ones_like(target, dtype=torch.bool)
     strategy_steps(strategy, model, inputs, inside, 1, lr=0.1)
     reference_steps(ref, inputs, inside, all_head, 1, lr=0.1, rho_head_at=lambda t: 0.0, rho_tail=0.0)

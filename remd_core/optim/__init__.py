@@ -4,9 +4,9 @@ strategy behind one interface (``Strategy.step(compute, optimizer, step, epoch)`
 import torch
 
 from .functions import combine_gradients, dot_and_norms, min_norm_2, modulation_gamma, per_tensor_norms, sharpness_score
+from .imbsam import ImbSAM, ImbSAMConfig
 from .joint import Joint, JointConfig
 from .mmpareto import MMPareto, MMParetoConfig
-from .imbsam import ImbSAM, ImbSAMConfig
 from .ogm_ge import OGMGE, OGMGEConfig
 from .sam import SAM, SAMConfig
 from .sgm import SGM, SGMConfig
@@ -35,7 +35,8 @@ def build_strategy(name: str, options: dict | None = None, *, seed: int | None =
 
 
 __all__ = [
-    "ImbSAM", "ImbSAMConfig", "Joint", "JointConfig", "Losses", "MMPareto", "MMParetoConfig", "NonFiniteError", "OGMGE", "OGMGEConfig", "SAM", "SAMConfig", "SGM",
-    "SGMConfig", "SSESAM", "SSESAMConfig", "STRATEGIES", "Strategy", "build_strategy", "combine_gradients", "dot_and_norms", "min_norm_2",
-    "modulation_gamma", "per_tensor_norms", "sharpness_score",
+    "ImbSAM", "ImbSAMConfig", "Joint", "JointConfig", "Losses", "MMPareto", "MMParetoConfig", "NonFiniteError",
+    "OGMGE", "OGMGEConfig", "SAM", "SAMConfig", "SGM", "SGMConfig", "SSESAM", "SSESAMConfig", "STRATEGIES",
+    "Strategy", "build_strategy", "combine_gradients", "dot_and_norms", "min_norm_2", "modulation_gamma",
+    "per_tensor_norms", "sharpness_score",
 ]

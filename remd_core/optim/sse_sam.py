@@ -12,9 +12,10 @@ seeks flat minima for head and tail alike (SAM's behaviour on the whole batch, b
 drowned by the head's gradient); afterwards ``rho_head = 0`` and the step is ImbSAM's (head plain,
 tail perturbed), which lets the tail catch up.
 
-How the strategy knows how far training is: ``total_steps`` (config, or ``set_total_steps(n)``, which
-sets it unless the option was given: the trainer or your loop knows ``epochs * batches per epoch``), and its own step counter (``steps``, saved in its state,
-so a resumed run switches at the same step). The switch is at step ``floor(head_until *
+How the strategy knows how far training is: ``total_steps`` (config, or ``set_total_steps(n)``,
+which sets it unless the option was given: the trainer or your loop knows ``epochs * batches per
+epoch``), and its own step counter (``steps``, saved in its state, so a resumed run switches at the
+same step). The switch is at step ``floor(head_until *
 total_steps)``. ``total_steps = 0`` (unknown) keeps both radii for the whole run (SAM-like), and the
 logs' ``rho_head`` shows it. We count steps ourselves rather than read ``step=``, so a loop that does
 not pass ``step`` still switches.
