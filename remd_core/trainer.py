@@ -65,7 +65,7 @@ from .files import load_torch, save_torch
 from .paths import display_path
 from .losses import margin_schedule, regression_loss, stage1_objective
 from .models import EncoderConfig, MultimodalRegressor
-from .optim import Losses, NonFiniteError, build_strategy
+from .optim import Losses, NonFiniteError, RunInfo, build_strategy
 from .transforms import prepare_inputs, to_device
 
 SUBSETS = ("all", "head", "tail", "few")
@@ -335,6 +335,9 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
     mean, std = objective.label_mean, objective.label_std
     drop_last = len(train) > config.batch_size
     stop = len(train) - len(train) % config.batch_size if drop_last else len(train)
+    steps_per_epoch = stop // config.batch_size if drop_last else 1
+    strategy.prepare_run(RunInfo(metrics.region_labels(train.y.numpy()), float(mean), float(std),
+                                 config.epochs * steps_per_epoch))
 
     run = {"epoch": 0, "step": 0, "order": None, "position": 0, "step_rows": [], "epoch_rows": [], "partial_rows": [],
            "best": {"r2": -np.inf, "epoch": 0, "file": None}, "elapsed": 0.0}

@@ -65,8 +65,10 @@ def test_recipe_names():
     assert recipe("re-m3dr").stage1 == "adaptive" and recipe("re-m3dr").strategy == "sgm"
     assert recipe("wo-am").stage1 == "fixed"
     assert recipe("pretrained-naive-fusion").stage1 == "plain" and "pretrained-naive-fusion" not in PAPER_RECIPES
+    assert [(recipe(r).strategy, dict(recipe(r).options)) for r in ("sam", "imbsam", "sse-sam")] == [
+        ("sam", {"unimodal_weight": 0.0}), ("imbsam", {"unimodal_weight": 0.0}), ("sse-sam", {"unimodal_weight": 0.0})]
     with pytest.raises(ValueError, match="unknown recipe"):
-        recipe("sam")
+        recipe("re-m3d")
 
 
 def test_default_recipes_follow_the_data_set_modalities():

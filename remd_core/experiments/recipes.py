@@ -49,6 +49,14 @@ FUSION_RECIPES = {
                            options=(("unimodal_weight", 0.0),)),
     "ogm-ge": Recipe("ogm-ge", "OGM-GE adapted to regression (Table 1)", strategy="ogm_ge"),
     "mmpareto": Recipe("mmpareto", "MMPareto, official-code semantics (Table 1)", strategy="mmpareto"),
+    # the sharpness-aware controls optimise naive fusion's loss (the fused loss only), so that their rows
+    # differ from naive-fusion by the optimiser alone (the paper does not say which loss they used)
+    "sam": Recipe("sam", "SAM (Foret et al. 2021) on naive fusion's loss (Table 1)", strategy="sam",
+                  options=(("unimodal_weight", 0.0),)),
+    "imbsam": Recipe("imbsam", "ImbSAM (Zhou et al. 2023): SAM on the tail (medium + few MD regions) only, naive "
+                     "fusion's loss (Table 1)", strategy="imbsam", options=(("unimodal_weight", 0.0),)),
+    "sse-sam": Recipe("sse-sam", "SSE-SAM (Lyu et al. 2025): head and tail radii, the head's 0 after half the run, "
+                      "naive fusion's loss (Table 1)", strategy="sse-sam", options=(("unimodal_weight", 0.0),)),
     "re-m3dr": Recipe("re-m3dr", "AM supervised contrastive stage 1, then SGM fusion (the method)", "adaptive", "sgm"),
     "wo-am": Recipe("wo-am", "fixed-margin stage 1, then SGM (Table 2 w/o AM)", "fixed", "sgm"),
     "am-only": Recipe("am-only", "AM stage 1 only: each unimodal model (Table 2 w/o SGM, OCT and FP rows)", "adaptive", None),

@@ -11,7 +11,7 @@ from .ogm_ge import OGMGE, OGMGEConfig
 from .sam import SAM, SAMConfig
 from .sgm import SGM, SGMConfig
 from .sse_sam import SSESAM, SSESAMConfig
-from .strategy import Losses, NonFiniteError, Strategy
+from .strategy import Losses, NonFiniteError, RunInfo, Strategy
 
 STRATEGIES = {cls.name: cls for cls in (Joint, SGM, MMPareto, OGMGE, SAM, ImbSAM, SSESAM)}
 
@@ -36,7 +36,7 @@ def build_strategy(name: str, options: dict | None = None, *, seed: int | None =
 
 __all__ = [
     "ImbSAM", "ImbSAMConfig", "Joint", "JointConfig", "Losses", "MMPareto", "MMParetoConfig", "NonFiniteError",
-    "OGMGE", "OGMGEConfig", "SAM", "SAMConfig", "SGM", "SGMConfig", "SSESAM", "SSESAMConfig", "STRATEGIES",
+    "OGMGE", "OGMGEConfig", "RunInfo", "SAM", "SAMConfig", "SGM", "SGMConfig", "SSESAM", "SSESAMConfig", "STRATEGIES",
     "Strategy", "build_strategy", "combine_gradients", "dot_and_norms", "min_norm_2", "modulation_gamma",
     "per_tensor_norms", "sharpness_score",
 ]

@@ -137,6 +137,9 @@ class HeadTailSAM(Strategy):
         self._bins_on = None
         return self
 
+    def prepare_run(self, run) -> None:
+        self.set_regions(run.regions, run.label_mean, run.label_std)
+
     def radii(self, step: int) -> tuple[float, float]:
         raise NotImplementedError
 

@@ -87,6 +87,10 @@ class SSESAM(HeadTailSAM):
             self.config = dataclasses.replace(self.config, total_steps=int(total_steps))
         return self
 
+    def prepare_run(self, run) -> None:
+        super().prepare_run(run)
+        self.set_total_steps(run.total_steps)
+
     def radii(self, step):
         cfg = self.config
         return stage_radii(self.steps, cfg.rho_head, cfg.rho_tail, cfg.head_until, cfg.total_steps)

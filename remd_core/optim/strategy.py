@@ -77,6 +77,18 @@ class Losses:
         return out
 
 
+@dataclass
+class RunInfo:
+    """A training run as ``fit`` sees it before its first step: the MD regions of the training
+    labels (``metrics.region_labels``), the label mean and SD that standardise the targets the
+    closure sees, and the number of optimisation steps the run will take."""
+
+    regions: object
+    label_mean: float
+    label_std: float
+    total_steps: int
+
+
 class NonFiniteError(FloatingPointError):
     """A loss or gradient became NaN or infinite."""
 
@@ -108,6 +120,10 @@ class Strategy:
         self.check_bindable(model)
         self.model = model
         return self
+
+    def prepare_run(self, run: "RunInfo") -> None:
+        """What the trainer knows before the first step (``RunInfo``); strategies that need it
+        (ImbSAM's head region, SSE-SAM's switch step) read it here. Default: nothing."""
 
     def check_bindable(self, model: MultimodalModel) -> None:
         """Raise ``ValueError`` if the strategy cannot act on ``model`` (a contract-satisfying one):
