@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from remd_core.data import load
+from remd_core.metrics import region_labels
 from remd_core.models import EncoderConfig
+from remd_core.optim import RunInfo
 from remd_core.trainer import TrainConfig, build_model, build_objective
 
 
@@ -61,6 +63,11 @@ class Workload:
                 self.batches.append(self.objective.prepare(batch, generator))
                 if len(self.batches) == pool:
                     break
+
+    def run_info(self, steps: int = 0) -> RunInfo:
+        """What ``fit`` tells a strategy before the first step (``steps`` 0: the run length unknown)."""
+        labels = self.dataset.train.y.numpy()
+        return RunInfo(region_labels(labels), float(self.objective.label_mean), float(self.objective.label_std), steps)
 
     def closure(self, model, i: int):
         """The trainer's loss closure for ``model`` on pooled batch ``i`` (cycled)."""

@@ -23,6 +23,7 @@ class StrategySpec:
     name: str
     strategy: str
     options: dict = field(default_factory=dict)
+    n_forward: float = 1.0
     n_backward: float = 1.0
     n_nograd: float = 0.0
     noise: bool = False
@@ -30,8 +31,8 @@ class StrategySpec:
     peer: str | None = None
 
     def ideal(self, c: dict) -> float:
-        """Floor in seconds: ``F + nB B + nG G + O`` (+ ``E`` for OGM-GE)."""
-        return (c["forward"] + self.n_backward * c["backward"] + self.n_nograd * c["nograd"] + c["optimizer"]
+        """Floor in seconds: ``nF F + nB B + nG G + O`` (+ ``E`` for OGM-GE)."""
+        return (self.n_forward * c["forward"] + self.n_backward * c["backward"] + self.n_nograd * c["nograd"] + c["optimizer"]
                 + (c["noise"] if self.noise else 0.0))
 
 
@@ -42,11 +43,17 @@ SPECS = (
     StrategySpec("mmpareto", "mmpareto", n_backward=2, peer="mmpareto_reference"),
     StrategySpec("sgm_k1", "sgm", {"probe_every": 1}, n_backward=2, n_nograd=2, peer="sgm_reference"),
     StrategySpec("sgm_k4", "sgm", {"probe_every": 4}, n_backward=2, n_nograd=0.5, cycle=4),
+    # the sharpness-aware family: a forward and backward at w, then at the perturbed weights; ImbSAM
+    # back-propagates the head and tail parts of its first loss separately, SSE-SAM perturbs both
+    # (its head radius stays on here: the bench does not tell it the run length)
+    StrategySpec("sam", "sam", n_forward=2, n_backward=2),
+    StrategySpec("imbsam", "imbsam", n_forward=2, n_backward=3),
+    StrategySpec("sse_sam", "sse-sam", n_forward=3, n_backward=4),
     StrategySpec("mmpareto_reference", "mmpareto_reference", n_backward=3),
     StrategySpec("sgm_reference", "sgm_reference", {"probe_every": 1}, n_backward=3, n_nograd=2),
 )
 PLAIN = "joint"
-OURS = ("joint", "naive_fusion", "ogm_ge", "mmpareto", "sgm_k1", "sgm_k4")
+OURS = ("joint", "naive_fusion", "ogm_ge", "mmpareto", "sgm_k1", "sgm_k4", "sam", "imbsam", "sse_sam")
 
 
 class Runner:
@@ -57,6 +64,7 @@ class Runner:
         self.spec, self.work = spec, work
         self.model = copy.deepcopy(work.model)
         self.strategy = build_strategy(spec.strategy, spec.options, seed=1, check_finite=False).bind(self.model)
+        self.strategy.prepare_run(work.run_info())  # as fit does: ImbSAM's head region from the training labels
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=1e-4)
         self.t = 0
         self.samples: list[float] = []
