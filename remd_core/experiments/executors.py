@@ -166,6 +166,38 @@ def pin_gpu() -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = str(get_worker().name)
 
 
+def _stop_descendants(grace: float = 2.0) -> None:
+    """Stop this process's workers and their kernels at once: each kernel first gets SIGINT (the
+    running cell raises KeyboardInterrupt, so a file being written is removed whole, never left
+    half-written), then, after ``grace`` seconds, every descendant still alive is killed."""
+    import signal
+
+    import psutil
+
+    descendants = psutil.Process().children(recursive=True)
+    kernels = [p for p in descendants if _is_kernel(p)]
+    for process in kernels:
+        try:
+            process.send_signal(signal.SIGINT)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(kernels, timeout=grace)  # a kernel stays up after an interrupted cell: the wait ends at grace
+    for process in descendants:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _is_kernel(process) -> bool:
+    import psutil
+
+    try:
+        return "ipykernel_launcher" in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
 class DaskExecutor:
     """Cells as Dask tasks: one per cell, never run twice at once (``pure=False``), a GPU cell
     asking for ``GPU=1``. Closing it closes the client and the cluster it started (if any)."""
@@ -198,13 +230,7 @@ class DaskExecutor:
         from distributed import LocalCluster
 
         if interrupted and isinstance(self.cluster, LocalCluster):
-            import psutil
-
-            for process in psutil.Process().children(recursive=True):  # the workers and their kernels
-                try:
-                    process.kill()
-                except psutil.NoSuchProcess:
-                    pass
+            _stop_descendants()
         try:
             self.client.close(timeout=10 if interrupted else None) if interrupted else self.client.close()
             if self.cluster is not None:
