@@ -64,8 +64,10 @@ from .strategy import Strategy, assign_grads, frozen_batchnorm_stats
 
 
 @dataclass
-class ImbSAMConfig:
-    rho: float = 0.05
+class HeadTailConfig:
+    """What ImbSAM and SSE-SAM share: the unimodal losses' weight, the perturbation norm's ``eps``
+    and the batch-regions stand-in's ``bin_width``, ``many`` and ``few`` (used without ``set_regions``)."""
+
     unimodal_weight: float = 1.0
     eps: float = 1e-12
     bin_width: float = 2.0
@@ -73,13 +75,19 @@ class ImbSAMConfig:
     few: float = 0.02
 
     def __post_init__(self):
-        _check(self.rho, self.unimodal_weight, self.eps, self.bin_width)
+        if self.unimodal_weight < 0 or self.eps < 0 or self.bin_width <= 0:
+            raise ValueError(f"need unimodal_weight >= 0, eps >= 0 and bin_width > 0; got {self.unimodal_weight}, "
+                             f"{self.eps}, {self.bin_width}")
 
 
-def _check(rho, unimodal_weight, eps, bin_width):
-    if rho < 0 or unimodal_weight < 0 or eps < 0 or bin_width <= 0:
-        raise ValueError(f"need rho >= 0, unimodal_weight >= 0, eps >= 0 and bin_width > 0; got {rho}, "
-                         f"{unimodal_weight}, {eps}, {bin_width}")
+@dataclass
+class ImbSAMConfig(HeadTailConfig):
+    rho: float = 0.05
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rho < 0:
+            raise ValueError(f"need rho >= 0, got {self.rho}")
 
 
 SPLIT_OUTPUTS = {"fused", "unimodal"}

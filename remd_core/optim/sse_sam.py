@@ -37,25 +37,20 @@ from dataclasses import dataclass
 
 import torch
 
-from .imbsam import HeadTailSAM, _check
+from .imbsam import HeadTailConfig, HeadTailSAM
 
 
 @dataclass
-class SSESAMConfig:
+class SSESAMConfig(HeadTailConfig):
     rho_head: float = 0.05
     rho_tail: float = 0.05
     head_until: float = 0.5
     total_steps: int = 0
-    unimodal_weight: float = 1.0
-    eps: float = 1e-12
-    bin_width: float = 2.0
-    many: float = 0.08
-    few: float = 0.02
 
     def __post_init__(self):
-        _check(self.rho_tail, self.unimodal_weight, self.eps, self.bin_width)
-        if self.rho_head < 0:
-            raise ValueError(f"need rho_head >= 0, got {self.rho_head}")
+        super().__post_init__()
+        if self.rho_head < 0 or self.rho_tail < 0:
+            raise ValueError(f"need rho_head >= 0 and rho_tail >= 0, got {self.rho_head}, {self.rho_tail}")
         if not 0.0 <= self.head_until <= 1.0:
             raise ValueError(f"head_until is a fraction of training in [0, 1], got {self.head_until}")
         if self.total_steps < 0:
