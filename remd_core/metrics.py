@@ -104,11 +104,38 @@ def stage_score(y, yhat, eps: float = SMAPE_EPS) -> float:
     return 0.5 / (smape(y, yhat, eps) + 0.1) + 5.0 * r2(y, yhat)
 
 
-def regression_report(y, yhat) -> dict:
-    """All scalar metrics at once: n, R^2, MSE, MAE, SMAPE (fraction) and the STAGE score."""
+def interval_coverage(y, lo, hi) -> float:
+    """Share of targets inside their closed predictive interval ``[lo, hi]``."""
+    y, lo = _pair(y, lo)
+    _, hi = _pair(y, hi)
+    if y.size == 0:
+        raise ValueError("interval_coverage needs at least one target")
+    return float(np.mean((y >= lo) & (y <= hi)))
+
+
+def interval_mean_width(lo, hi) -> float:
+    """Mean width ``hi - lo`` of the predictive intervals."""
+    lo, hi = _pair(lo, hi)
+    if lo.size == 0:
+        raise ValueError("interval_mean_width needs at least one interval")
+    return float(np.mean(hi - lo))
+
+
+INTERVAL_LEVEL = 0.9
+"""The level of the predictive intervals the reports score (``regression_report(..., interval=)``)."""
+
+
+def regression_report(y, yhat, interval=None) -> dict:
+    """All scalar metrics at once: n, R^2, MSE, MAE, SMAPE (fraction) and the STAGE score; with
+    ``interval = (lo, hi)`` (a model's central ``INTERVAL_LEVEL`` predictive intervals, one per
+    sample) also ``coverage`` (share of targets inside) and ``interval_width`` (mean width)."""
     y, yhat = _pair(y, yhat)
-    return {"n": int(y.size), "r2": r2(y, yhat), "mse": mse(y, yhat), "mae": mae(y, yhat),
-            "smape": smape(y, yhat), "stage_score": stage_score(y, yhat)}
+    report = {"n": int(y.size), "r2": r2(y, yhat), "mse": mse(y, yhat), "mae": mae(y, yhat),
+              "smape": smape(y, yhat), "stage_score": stage_score(y, yhat)}
+    if interval is not None:
+        lo, hi = interval
+        report.update(coverage=interval_coverage(y, lo, hi), interval_width=interval_mean_width(lo, hi))
+    return report
 
 
 def gmean_abs_error(y, yhat, floor: float = GM_FLOOR) -> float:

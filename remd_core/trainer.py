@@ -65,12 +65,16 @@ from .files import load_torch, save_torch
 from .paths import display_path
 from .losses import margin_schedule, regression_loss, stage1_objective
 from .models import EncoderConfig, MultimodalRegressor
+from .models.evidential import predictive_interval
+from .models.evidential_regressor import (EVIDENTIAL_HEADS, EvidentialRegressor, evidential_losses,
+                                          standardised_to_labels)
 from .optim import Losses, NonFiniteError, RunInfo, build_strategy
 from .transforms import prepare_inputs, to_device
 
 SUBSETS = ("all", "head", "tail", "few")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "float32", "bf16", "float64")
+HEADS = ("linear", *EVIDENTIAL_HEADS)
 
 
 @dataclass
@@ -78,7 +82,10 @@ class TrainConfig:
     """``modalities=None`` uses every modality of the data set. ``subset`` trains on all training
     samples, on the head only ("many" MD bins of ``metrics.region_labels``), on the tail only (every
     sample outside the head: "medium" and "few" bins, the paper's tail classes of Fig. 2) or on the
-    "few" bins only (a handful of samples on small sets)."""
+    "few" bins only (a handful of samples on small sets). ``head``: ``linear`` (the regressor of
+    section 3.1) or an evidential head (``eyemost``, ``eyemost-plus``: ``models.evidential_regressor``),
+    which trains on its own likelihood (``regression_loss`` must stay ``mse``, unused) and predicts a
+    Student-t per eye, so its reports add interval coverage and width."""
 
     modalities: tuple[str, ...] | None = None
     strategy: str = "joint"
@@ -96,6 +103,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    head: str = "linear"
     contrastive: bool = False
     supcon_weight: float = 1.0
     margin_m0: float = 0.4
@@ -124,6 +132,12 @@ class TrainConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.head != "linear" and (self.contrastive or self.regression_loss != "mse"):
+            raise ValueError(f"the {self.head} head trains on its own likelihood: it takes no contrastive stage 1 "
+                             f"and no regression_loss (got contrastive={self.contrastive}, "
+                             f"regression_loss={self.regression_loss!r})")
 
     def parameter_dtype(self) -> torch.dtype:
         """The dtype of the weights: float64 for ``precision="float64"``, else float32 (bf16 is
@@ -139,7 +153,8 @@ class FitResult:
     metrics: dict[str, dict]
     regions: pd.DataFrame
     predictions: dict[str, np.ndarray]
-    best_epoch: int
+    intervals: dict[str, np.ndarray]   # split -> [N, 2] predictive intervals (metrics.INTERVAL_LEVEL); empty
+    best_epoch: int                    # for a model that predicts no distribution
     label_mean: float
     label_std: float
     seconds: float
@@ -203,32 +218,52 @@ def save_encoders(model: MultimodalRegressor, folder: Path) -> dict[str, str]:
     return paths
 
 
-@torch.no_grad()
-def predict(model: MultimodalRegressor, split: MultimodalSplit, kinds: dict[str, str], label_mean: float,
+def _outputs(model, split: MultimodalSplit, kinds: dict[str, str], batch_size: int, device):
+    """The model's outputs on ``split``, batch by batch, in evaluation mode and without gradients."""
+    model.eval()
+    with torch.no_grad():
+        for batch in split.batches(batch_size):
+            yield model(prepare_inputs(batch, model.modalities, kinds, augment=False, device=device, dtype=model.dtype))
+
+
+def predict(model, split: MultimodalSplit, kinds: dict[str, str], label_mean: float,
             label_std: float, batch_size: int = 64, device="cpu", head: str = "fused") -> np.ndarray:
     """Predictions of the fused head (or of unimodal head ``head``) for a split, in label units."""
-    model.eval()
-    out = []
-    for batch in split.batches(batch_size):
-        inputs = prepare_inputs(batch, model.modalities, kinds, augment=False, device=device,
-                                dtype=model.fusion_head.weight.dtype)
-        result = model(inputs)
-        pred = result["fused"] if head == "fused" else result["unimodal"][head]
-        out.append(pred.double().cpu())
+    out = [(r["fused"] if head == "fused" else r["unimodal"][head]).double().cpu()
+           for r in _outputs(model, split, kinds, batch_size, device)]
     return (torch.cat(out) * label_std + label_mean).numpy()
 
 
+def predict_intervals(model, split: MultimodalSplit, kinds: dict[str, str], label_mean: float, label_std: float,
+                      batch_size: int = 64, device="cpu", level: float = metrics.INTERVAL_LEVEL) -> np.ndarray | None:
+    """Central ``level`` predictive intervals ``[N, 2]`` in label units, for a model whose outputs hold a
+    ``predictive`` Student-t (the evidential heads); ``None`` for a model that predicts none."""
+    parts = []
+    for r in _outputs(model, split, kinds, batch_size, device):
+        if "predictive" not in r:
+            return None
+        t = standardised_to_labels(r["predictive"], label_mean, label_std)
+        lo, hi = predictive_interval(t.loc, t.scale, t.df, level)
+        parts.append(torch.stack([lo, hi], dim=-1).double().cpu())
+    return torch.cat(parts).numpy()
+
+
 def build_model(dataset: MultimodalDataset, config: TrainConfig, device: torch.device | None = None
-                ) -> MultimodalRegressor:
+                ) -> MultimodalRegressor | EvidentialRegressor:
     """The model ``fit`` trains: ``config.modalities`` (None: every modality of ``dataset``) with
-    ``config.encoder``, initial weights drawn from torch's global generator (seed it first) in the
+    ``config.encoder`` and ``config.head``, initial weights drawn from torch's global generator (seed it first) in the
     parameter dtype, on ``device`` (default: ``config.device``), stage-1 encoders loaded from
     ``config.init_encoders``, channels-last where ``config.channels_last`` asks for it (None: on
     CUDA), encoders compiled when ``config.compile``."""
     device = resolve_device(config.device) if device is None else device
     modalities = config.modalities or dataset.spec.modality_names
     with default_dtype(config.parameter_dtype()):  # initial weights drawn in float64 too (float32 draws differ
-        model = MultimodalRegressor(dataset.spec, modalities, config.encoder).to(device)  # between processors)
+        if config.head == "linear":                  # between processors)
+            model = MultimodalRegressor(dataset.spec, modalities, config.encoder)
+        else:
+            model = EvidentialRegressor(dataset.spec, modalities, config.encoder,
+                                        confidence_weight=EVIDENTIAL_HEADS[config.head])
+    model = model.to(device)
     load_encoders(model, config.init_encoders)
     if config.channels_last if config.channels_last is not None else device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -245,6 +280,7 @@ class Objective:
     the ``compute`` a strategy calls (``remd_core.optim.Strategy.step``): the regression loss of the
     fused head, of every unimodal head (models of two or more modalities), and in stage 1
     (``config.contrastive``) ``losses.stage1_objective``'s contrastive term as ``Losses.extra``.
+    An evidential model's loss is its own, split the same way (``evidential_regressor.evidential_losses``).
     Build it with ``build_objective``."""
 
     config: TrainConfig
@@ -279,6 +315,11 @@ class Objective:
         def compute():
             with autocast:
                 out = model(inputs)
+            if "evidential" in out:
+                fused, unimodal, extra = evidential_losses(out["evidential"], target, model.confidence_weight,
+                                                           self.multimodal)
+                losses = Losses(fused=fused, unimodal=unimodal, extra=extra, features=out["features"], target=target)
+                return losses
             if cfg.contrastive:
                 projections = [z.to(dtype) for z in out["projections"].values()]
                 stage1 = stage1_objective(out["fused"].to(dtype), target, projections, target, margin,
@@ -411,10 +452,15 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
     if not objective.multimodal:  # the model's only prediction is its unimodal one
         history[f"loss_{modalities[0]}"] = history["loss_fused"]
     predictions = {s: predict(model, dataset[s], kinds, mean, std, config.eval_batch_size, device) for s in ("val", "test")}
-    results = {s: metrics.regression_report(dataset[s].y.numpy(), p) for s, p in predictions.items()}
+    intervals = {s: predict_intervals(model, dataset[s], kinds, mean, std, config.eval_batch_size, device)
+                 for s in ("val", "test")}
+    intervals = {s: i for s, i in intervals.items() if i is not None}
+    results = {s: metrics.regression_report(dataset[s].y.numpy(), p,
+                                            (intervals[s][:, 0], intervals[s][:, 1]) if s in intervals else None)
+               for s, p in predictions.items()}
     regions = metrics.region_labels(dataset.train.y.numpy())
     region_table = metrics.per_region_report(dataset.test.y.numpy(), predictions["test"], regions)
-    return FitResult(model, history, pd.DataFrame(run["epoch_rows"]), results, region_table, predictions,
+    return FitResult(model, history, pd.DataFrame(run["epoch_rows"]), results, region_table, predictions, intervals,
                      run["best"]["epoch"], mean, std, run["elapsed"] + time.perf_counter() - start, config)
 
 

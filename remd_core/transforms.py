@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+PRESENT = "present"
+"""The key of the per-sample modality mask, in a sample-format batch and in a model's inputs."""
 IMAGE_MEAN = 0.4
 IMAGE_STD = 0.25
 
@@ -54,8 +56,16 @@ def prepare_inputs(batch: dict, modalities, kinds: dict[str, str], augment: bool
     random draws still come from ``generator`` on the host, so they do not depend on the device).
     At the paper's scale (8 eyes of 32 B-scans at 224 px) the augmentation took about 230 ms per
     batch on one core of our CPU machine: on the host it would bound a GPU step. On CPU nothing is
-    copied and the result is what it was when the augmentation ran before the move."""
+    copied and the result is what it was when the augmentation ran before the move.
+
+    When the batch carries its ``present`` mask (``[B, K]`` in the order of ``kinds``, the data set's
+    modalities), ``inputs[PRESENT]`` holds its columns for ``modalities``, in that order: models that
+    fuse only the acquired modalities (the evidential head) read it, the others ignore it."""
     inputs = {}
+    if PRESENT in batch:
+        names = list(kinds)
+        columns = [names.index(m) for m in modalities]
+        inputs[PRESENT] = to_device(torch.as_tensor(batch[PRESENT])[:, columns].bool(), device)
     for m in modalities:
         x = to_device(batch[m], device).to(dtype)
         if kinds[m] in ("image", "volume"):

@@ -13,6 +13,8 @@ STAGE2 = {
     ("naive-fusion", "fusion"): (0.371, 4.64, 1.52),
     ("ogm-ge", "fusion"): (0.468, 3.78, 1.43),
     ("mmpareto", "fusion"): (0.532, 4.01, 1.39),
+    ("eyemost", "fusion"): (0.478, 5.47, 1.45),
+    ("eyemost-plus", "fusion"): (0.381, 3.97, 1.44),
     ("sam", "fusion"): (0.537, 3.74, 1.32),
     ("imbsam", "fusion"): (0.276, 4.14, 1.56),
     ("sse-sam", "fusion"): (0.532, 3.46, 1.38),

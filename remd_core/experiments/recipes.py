@@ -1,7 +1,8 @@
 """Named experiment recipes matching the Re-M3Dr paper's tables.
 
 Table 1 (comparison): ``unimodal-<modality>`` (e.g. ``unimodal-fundus``, ``unimodal-oct``),
-``naive-fusion``, ``ogm-ge``, ``mmpareto``, ``re-m3dr`` (AM stage 1, then SGM).
+``naive-fusion``, ``ogm-ge``, ``mmpareto``, ``eyemost``, ``eyemost-plus``, ``sam``, ``imbsam``,
+``sse-sam``, ``re-m3dr`` (AM stage 1, then SGM).
 Table 2 (ablations): ``wo-am`` (fixed-margin stage 1, then SGM), ``am-only`` (AM stage 1, each
 unimodal model on its own), ``am-naive-fusion`` (AM stage 1, then naive fusion), ``am-mmpareto``
 (AM stage 1, then MMPareto).
@@ -42,6 +43,7 @@ class Recipe:
     strategy: str | None = "joint"     # stage-2 strategy; None: report the stage-1 models
     options: tuple = ()                # stage-2 strategy options as (key, value) pairs
     modality: str | None = None        # a single-modality recipe
+    head: str | None = None            # the model's head (TrainConfig.head); None: the base config's
 
 
 FUSION_RECIPES = {
@@ -57,6 +59,12 @@ FUSION_RECIPES = {
                      "fusion's loss (Table 1)", strategy="imbsam", options=(("unimodal_weight", 0.0),)),
     "sse-sam": Recipe("sse-sam", "SSE-SAM (Lyu et al. 2025): head and tail radii, the head's 0 after half the run, "
                       "naive fusion's loss (Table 1)", strategy="sse-sam", options=(("unimodal_weight", 0.0),)),
+    # the evidential fusions train their own loss with joint training; unimodal_weight 1 makes the sum the
+    # official EyeMoSt loss (per-modality NIG terms plus the fused Student-t term)
+    "eyemost": Recipe("eyemost", "EyeMoSt (Zou et al. 2023): NIG per modality, Student-t fusion (Table 1)",
+                      options=(("unimodal_weight", 1.0),), head="eyemost"),
+    "eyemost-plus": Recipe("eyemost-plus", "EyeMoSt+ (Zou et al. 2024): EyeMoSt with the confidence-consistency "
+                           "loss (Table 1)", options=(("unimodal_weight", 1.0),), head="eyemost-plus"),
     "re-m3dr": Recipe("re-m3dr", "AM supervised contrastive stage 1, then SGM fusion (the method)", "adaptive", "sgm"),
     "wo-am": Recipe("wo-am", "fixed-margin stage 1, then SGM (Table 2 w/o AM)", "fixed", "sgm"),
     "am-only": Recipe("am-only", "AM stage 1 only: each unimodal model (Table 2 w/o SGM, OCT and FP rows)", "adaptive", None),
@@ -174,7 +182,7 @@ def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir
             return [{**row, "recipe": name} for row in stage1_rows], None
     modalities = (r.modality,) if r.modality else None
     config = replace(base, modalities=modalities, strategy=r.strategy, strategy_options=options,
-                     init_encoders=init, contrastive=False)
+                     init_encoders=init, contrastive=False, head=r.head or base.head)
     result = fit(dataset, config, progress=progress, checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None,
                  checkpoint_every=checkpoint_every)
     model = r.modality or "fusion"
@@ -191,4 +199,6 @@ def result_row(result: FitResult, model: str) -> dict:
         for metric in ("n", "mse", "mae"):
             row[f"{region}_{metric}"] = values[metric]
     row["test_predictions"] = np.asarray(result.predictions["test"]).round(4).tolist()
+    if "test" in result.intervals:
+        row["test_intervals"] = np.asarray(result.intervals["test"]).round(4).tolist()
     return row

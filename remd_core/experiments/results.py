@@ -27,7 +27,7 @@ TABLE_FIRST = ("dataset", "recipe", "seed", "groups")
 TABLE_METRICS = ("profile", "epochs", "model", "test_r2", "test_mse", "test_mae", "test_stage_score", "many_mse",
                  "many_mae", "medium_mse", "medium_mae", "few_mse", "few_mae", "val_r2", "best_epoch", "seconds")
 SUMMARY_METRICS = ("test_r2", "test_mse", "test_mae", "test_stage_score", "many_mse", "medium_mse", "few_mse",
-                   "many_mae", "medium_mae", "few_mae")
+                   "many_mae", "medium_mae", "few_mae", "test_coverage", "test_interval_width")
 CONSTANT_IN_SUMMARY = ("dataset", "profile", "epochs")
 META_KEYS = ("key", "swept", "settings", "groups", "index")
 

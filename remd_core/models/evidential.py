@@ -277,22 +277,6 @@ def predictive_interval(loc, scale, df, level: float = 0.9):
     return lo, hi
 
 
-def interval_coverage(y, lo, hi) -> float:
-    """Share of targets inside their closed interval ``[lo, hi]``."""
-    y, lo, hi = (np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, float) for x in (y, lo, hi))
-    if y.size == 0:
-        raise ValueError("interval_coverage needs at least one target")
-    return float(np.mean((y >= lo) & (y <= hi)))
-
-
-def interval_mean_width(lo, hi) -> float:
-    """Mean width ``hi - lo`` of the intervals."""
-    lo, hi = (np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, float) for x in (lo, hi))
-    if lo.size == 0:
-        raise ValueError("interval_mean_width needs at least one interval")
-    return float(np.mean(hi - lo))
-
-
 @dataclass(frozen=True)
 class EvidentialOutput:
     """What ``EvidentialHead`` returns: per-modality NIG and Student-t, the fused Student-t, the point
@@ -366,32 +350,54 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, x, torch.zeros_like(x)).sum() / n.clamp(min=1).to(x.dtype)
 
 
-def evidential_loss(out: EvidentialOutput, y: torch.Tensor, *, regulariser_weight: float = REGULARISER_WEIGHT,
-                    regulariser_form: str = "eyemost", fused_error_weight: float = FUSED_ERROR_WEIGHT,
-                    confidence_weight: float = 0.0, confidence_tolerance: float | None = None) -> torch.Tensor:
-    """EyeMoSt's loss (official ``EyeMost.forward``), for one real target ``y [B]``:
+@dataclass(frozen=True)
+class EvidentialTerms:
+    """EyeMoSt's loss in the parts a training strategy sees (``remd_core.optim.Losses``): ``fused``, the
+    fused Student-t term; ``unimodal``, each modality's NIG term; ``confidence``, EyeMoSt+'s
+    confidence-consistency term, already weighted (0 for EyeMoSt). ``total()`` is ``evidential_loss``."""
 
-    ``sum_m mean_{present eyes}(NIG_NLL_m + w_reg * |y - gamma_m| * evidence_m)
-    + mean(ST_NLL_fused + w_err * |y - loc_F|)``, ``w_reg = 0.01``, ``w_err = 0.5`` (official weights; the
-    cross-entropies are absolute errors here, difference 1). ``confidence_weight = 10`` adds EyeMoSt+'s
-    ``confidence_consistency_loss`` (``EyeMost_Plus_transformer.forward``); 0 (default) is EyeMoSt.
-    A modality absent from every eye of the batch contributes 0."""
+    fused: torch.Tensor
+    unimodal: dict[str, torch.Tensor]
+    confidence: torch.Tensor
+
+    def total(self) -> torch.Tensor:
+        return self.fused + sum(self.unimodal.values()) + self.confidence
+
+
+def evidential_terms(out: EvidentialOutput, y: torch.Tensor, *, regulariser_weight: float = REGULARISER_WEIGHT,
+                     regulariser_form: str = "eyemost", fused_error_weight: float = FUSED_ERROR_WEIGHT,
+                     confidence_weight: float = 0.0, confidence_tolerance: float | None = None) -> EvidentialTerms:
+    """EyeMoSt's loss (official ``EyeMost.forward``), for one real target ``y [B]``, term by term:
+
+    - per modality: ``mean_{present eyes}(NIG_NLL_m + w_reg * |y - gamma_m| * evidence_m)``;
+    - fused: ``mean(ST_NLL_fused + w_err * |y - loc_F|)``;
+    - ``confidence_weight`` times EyeMoSt+'s ``confidence_consistency_loss``
+      (``EyeMost_Plus_transformer.forward``, weight 10); 0 (default) is EyeMoSt.
+
+    ``w_reg = 0.01``, ``w_err = 0.5`` (official weights; the cross-entropies are absolute errors here,
+    difference 1). A modality absent from every eye of the batch contributes 0."""
     for name, w in (("regulariser_weight", regulariser_weight), ("fused_error_weight", fused_error_weight),
                     ("confidence_weight", confidence_weight)):
         if not (w >= 0 and math.isfinite(w)):
             raise ValueError(f"{name} must be finite and >= 0, got {w}")
     y = y.reshape(-1).to(out.prediction.dtype)
-    total = y.new_zeros(())
+    unimodal = {}
     for j, m in enumerate(out.nig):
         p = out.nig[m]
         per_eye = nig_nll(y, p.gamma, p.v, p.alpha, p.beta)
         if regulariser_weight:
             per_eye = per_eye + regulariser_weight * evidence_regulariser(y, p.gamma, p.v, p.alpha, p.beta,
                                                                           form=regulariser_form)
-        total = total + _masked_mean(per_eye, out.present[:, j])
+        unimodal[m] = _masked_mean(per_eye, out.present[:, j])
     f = out.fused
-    total = total + (student_t_nll(y, f.loc, f.scale, f.df) + fused_error_weight * torch.abs(y - f.loc)).mean()
+    fused = (student_t_nll(y, f.loc, f.scale, f.df) + fused_error_weight * torch.abs(y - f.loc)).mean()
+    confidence = y.new_zeros(())
     if confidence_weight:
-        total = total + confidence_weight * confidence_consistency_loss(
+        confidence = confidence_weight * confidence_consistency_loss(
             y, list(out.nig.values()), f, out.present, tolerance=confidence_tolerance)
-    return total
+    return EvidentialTerms(fused, unimodal, confidence)
+
+
+def evidential_loss(out: EvidentialOutput, y: torch.Tensor, **weights) -> torch.Tensor:
+    """EyeMoSt's loss, the sum of ``evidential_terms(out, y, **weights)`` (see there)."""
+    return evidential_terms(out, y, **weights).total()

@@ -18,17 +18,45 @@ from ..data.format import DatasetSpec
 from .encoders import EncoderConfig, build_encoder
 
 
-class MultimodalRegressor(nn.Module):
-    """Satisfies ``remd_core.models.contract.MultimodalModel``, the contract of the strategies."""
+class ModalityEncoders(nn.Module):
+    """One encoder per modality and the contract's parameter split (``encoder_parameters``,
+    ``head_parameters``), shared by every model of the workbench; subclasses add their heads."""
 
     def __init__(self, spec: DatasetSpec, modalities: tuple[str, ...] | None = None,
-                 encoder: EncoderConfig | None = None, projection_dim: int = 128):
+                 encoder: EncoderConfig | None = None):
         super().__init__()
         self.modalities = tuple(modalities or spec.modality_names)
         if not self.modalities:
             raise ValueError("a regressor needs at least one modality")
         encoder = encoder or EncoderConfig()
         self.encoders = nn.ModuleDict({m: build_encoder(spec.modality(m), encoder) for m in self.modalities})
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (inputs are cast to it)."""
+        return next(self.parameters()).dtype
+
+    def encode(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{modality: [B, F]}``: each encoder on its input, cast to the weights' dtype (a float64
+        model, for CPU regression checks, takes the float32 batches of the data sets)."""
+        return {m: self.encoders[m](inputs[m].to(self.dtype)) for m in self.modalities}
+
+    def encoder_parameters(self):
+        """Parameters shared between the fused and the unimodal objectives."""
+        return [p for e in self.encoders.values() for p in e.parameters()]
+
+    def head_parameters(self):
+        """Parameters each objective owns alone: the fusion head, the unimodal heads, the projections."""
+        shared = {id(p) for p in self.encoder_parameters()}
+        return [p for p in self.parameters() if id(p) not in shared]
+
+
+class MultimodalRegressor(ModalityEncoders):
+    """Satisfies ``remd_core.models.contract.MultimodalModel``, the contract of the strategies."""
+
+    def __init__(self, spec: DatasetSpec, modalities: tuple[str, ...] | None = None,
+                 encoder: EncoderConfig | None = None, projection_dim: int = 128):
+        super().__init__(spec, modalities, encoder)
         self.heads = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_features, 1) for m in self.modalities})
         self.projections = nn.ModuleDict({
             m: nn.Sequential(nn.Linear(e.out_features, e.out_features), nn.ReLU(inplace=True),
@@ -40,10 +68,9 @@ class MultimodalRegressor(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict:
         """``inputs`` maps modality names to float batches. Returns ``fused`` ``[B]``,
         ``unimodal`` {modality: ``[B]``}, ``features`` {modality: ``[B, F]``} and
-        ``projections`` {modality: ``[B, projection_dim]``}. Inputs are cast to the weights' dtype
-        (a float64 model, for CPU regression checks, takes the float32 batches of the data sets)."""
-        dtype = self.fusion_head.weight.dtype
-        features = {m: self.encoders[m](inputs[m].to(dtype)) for m in self.modalities}
+        ``projections`` {modality: ``[B, projection_dim]``}. Other entries of ``inputs`` (the
+        ``present`` mask) are not read."""
+        features = self.encode(inputs)
         unimodal = {m: self.heads[m](f).squeeze(-1) for m, f in features.items()}
         projections = {m: self.projections[m](f) for m, f in features.items()}
         fused = self.fusion_head(torch.cat([features[m] for m in self.modalities], dim=-1)).squeeze(-1)
@@ -60,12 +87,3 @@ class MultimodalRegressor(nn.Module):
             out[m] = (features[m] @ weight[:, start:start + width].T).squeeze(-1) + bias / len(self.modalities)
             start += width
         return out
-
-    def encoder_parameters(self):
-        """Parameters shared between the fused and the unimodal objectives."""
-        return [p for e in self.encoders.values() for p in e.parameters()]
-
-    def head_parameters(self):
-        """Parameters each objective owns alone: the fusion head, the unimodal heads, the projections."""
-        shared = {id(p) for p in self.encoder_parameters()}
-        return [p for p in self.parameters() if id(p) not in shared]
