@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
+from remd_core import metrics
+
 from remd_core.metrics import (SMAPE_EPS, Regions, gmean_abs_error, head_tail_split, mae, mse, per_region_report, r2,
                                region_labels, regression_report, smape, stage_score)
 
@@ -195,3 +197,16 @@ def test_regions_table():
     reg = region_labels(_constructed_labels(), bin_width=2.0, many=30, few=10)
     table = reg.table()
     assert list(table["train_count"]) == [3, 12, 50, 35] and isinstance(reg, Regions)
+
+
+def test_interval_coverage_and_width_by_hand():
+    y = [0.0, -2.0, -10.0, 5.0]
+    lo = [-1.0, -2.0, -9.0, 0.0]
+    hi = [1.0, 0.0, -1.0, 4.0]       # inside, on the edge (closed), below, above
+    assert metrics.interval_coverage(y, lo, hi) == 0.5
+    assert metrics.interval_mean_width(lo, hi) == (2 + 2 + 8 + 4) / 4
+    report = metrics.regression_report(y, [0.0, -1.0, -5.0, 2.0], interval=(lo, hi))
+    assert report["coverage"] == 0.5 and report["interval_width"] == 4.0
+    assert "coverage" not in metrics.regression_report(y, y)
+    with pytest.raises(ValueError, match="4 values"):
+        metrics.interval_coverage(y, lo[:3], hi[:3])
