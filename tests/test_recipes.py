@@ -51,6 +51,27 @@ def test_stage2_starts_from_the_stage1_encoders(dataset, tmp_path):
         assert torch.equal(v, saved[k])
 
 
+@pytest.mark.slow
+def test_the_sam_family_starts_from_stage1_encoders(dataset, tmp_path):
+    """Each SAM-family strategy takes its first step from the stage-1 encoders: its first batch loss (taken
+    at w, before any update) is the one plain naive fusion sees from the same start, not a fresh model's."""
+    from dataclasses import replace
+
+    from remd_core.experiments.recipes import stage1
+    from remd_core.trainer import fit
+
+    paths, _ = stage1(dataset, BASE, "adaptive", tmp_path, progress=False)
+    naive = dict(strategy_options={"unimodal_weight": 0.0}, augment=False)
+
+    def first_loss(**settings):
+        return fit(dataset, replace(BASE, **naive, **settings), progress=False).history["loss_fused"].iloc[0]
+
+    start = first_loss(strategy="joint", init_encoders=paths)
+    for name in ("sam", "imbsam", "sse-sam"):
+        assert first_loss(strategy=name, init_encoders=paths) == pytest.approx(start, rel=1e-6), name
+    assert first_loss(strategy="sam") != pytest.approx(start, rel=1e-3)
+
+
 def test_summary_gives_mean_and_sd_over_seeds():
     results = pd.DataFrame({"recipe": ["a", "a", "b"], "model": ["fusion"] * 3, "seed": [0, 1, 0],
                             "test_r2": [0.2, 0.4, 0.5], "test_mse": [3.0, 1.0, 2.0]})
