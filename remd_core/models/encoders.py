@@ -1,9 +1,12 @@
 """One encoder per modality kind, each mapping a batch to ``[B, out_features]``.
 
-OCT volumes ``[B, S, H, W]`` have three encoders (``EncoderConfig.oct_encoder``):
+OCT volumes ``[B, S, H, W]`` have five encoders (``EncoderConfig.oct_encoder``):
 ``shared2d`` (default) applies one 2-D ResNet to every B-scan and pools over B-scans;
 ``channels`` stacks the S B-scans as input channels of one 2-D ResNet, as the STAGE challenge's
-second-place code did (256 channels there); ``3d`` is a small 3-D ResNet over the volume.
+second-place code did (256 channels there); ``3d`` is a small 3-D ResNet over the volume;
+``egvfi`` and ``sf3d`` are the 3-D CNNs built for MD prediction from OCT that Table 1 compares
+with (``remd_core.models.oct3d``: Yu et al. 2021 and our stand-in for Koyama et al. 2025, built on
+MONAI, which is imported only when one of them is chosen).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from torch import nn
 
 from ..data.format import ModalitySpec
 from .resnet import ResNet2d
+from .oct3d import EGVFIEncoder, SF3DEncoder
 from .resnet3d import ResNet3d
 
-OCT_ENCODERS = ("shared2d", "channels", "3d")
+OCT_ENCODERS = ("shared2d", "channels", "3d", "egvfi", "sf3d")
 
 
 @dataclass
@@ -111,6 +115,10 @@ def build_encoder(spec: ModalitySpec, config: EncoderConfig) -> nn.Module:
             return StackedBscanEncoder(spec.shape[0], config)
         if config.oct_encoder == "3d":
             return VolumeEncoder(config)
+        if config.oct_encoder == "egvfi":
+            return EGVFIEncoder(config.width)
+        if config.oct_encoder == "sf3d":
+            return SF3DEncoder(config.width)
         return SharedBscanEncoder(config)
     if spec.kind == "vector":
         return VectorEncoder(spec.shape[0], config)
