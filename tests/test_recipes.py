@@ -1,4 +1,5 @@
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -24,7 +25,8 @@ def test_every_paper_recipe_runs_on_a_tiny_set_and_resumes(dataset, tmp_path):
     results = compare(dataset, list(PAPER_RECIPES), [0], BASE, tmp_path, progress=False, log=lambda *_: None)
     rows = results.set_index(["recipe", "model"])
     assert set(rows.index) == {("unimodal-fundus", "fundus"), ("unimodal-oct", "oct"), ("am-only", "fundus"),
-                               ("am-only", "oct")} | {(r, "fusion") for r in PAPER_RECIPES[2:] if r != "am-only"}
+                               ("am-only", "oct"), ("egvfi", "oct"), ("sf3d", "oct")} | {
+        (r, "fusion") for r in PAPER_RECIPES[2:] if r not in ("am-only", "egvfi", "sf3d")}
     assert results["test_n"].eq(15).all() and results[["many_n", "medium_n", "few_n"]].sum(axis=1).eq(15).all()
     # stage 1 is trained once per margin kind and reused by the four recipes that start from it
     stage1 = sorted(p.name for p in (tmp_path / "stage1").iterdir())
@@ -96,6 +98,17 @@ def test_default_recipes_follow_the_data_set_modalities():
     randhie = load("randhie", n_rows=500)
     names = recipes_for(randhie)
     assert names[:2] == ["unimodal-plan", "unimodal-health"] and "re-m3dr" in names
+    assert "egvfi" not in names and "sf3d" not in names  # OCT models, and randhie has no OCT
+    assert {"egvfi", "sf3d"} <= set(recipes_for(load("synthetic-stage2", **SMALL)))
+
+
+def test_the_3d_oct_recipes_train_the_oct_volume_with_their_encoder(dataset, tmp_path):
+    from remd_core.models.oct3d import EGVFIEncoder, SF3DEncoder
+
+    for name, cls in (("egvfi", EGVFIEncoder), ("sf3d", SF3DEncoder)):
+        rows, result = run_recipe(name, dataset, BASE, tmp_path, progress=False)
+        assert result.model.modalities == ("oct",) and isinstance(result.model.encoders["oct"], cls)
+        assert rows[0]["model"] == "oct" and np.isfinite(rows[0]["test_mse"])
 
 
 def test_strategy_options_reach_only_the_recipes_using_that_strategy():

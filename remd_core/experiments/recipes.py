@@ -2,7 +2,8 @@
 
 Table 1 (comparison): ``unimodal-<modality>`` (e.g. ``unimodal-fundus``, ``unimodal-oct``),
 ``naive-fusion``, ``ogm-ge``, ``mmpareto``, ``eyemost``, ``eyemost-plus``, ``sam``, ``imbsam``,
-``sse-sam``, ``re-m3dr`` (AM stage 1, then SGM).
+``sse-sam``, ``egvfi`` and ``sf3d`` (3-D OCT models, on the OCT volume alone), ``re-m3dr`` (AM
+stage 1, then SGM).
 Table 2 (ablations): ``wo-am`` (fixed-margin stage 1, then SGM), ``am-only`` (AM stage 1, each
 unimodal model on its own), ``am-naive-fusion`` (AM stage 1, then naive fusion), ``am-mmpareto``
 (AM stage 1, then MMPareto).
@@ -44,6 +45,7 @@ class Recipe:
     options: tuple = ()                # stage-2 strategy options as (key, value) pairs
     modality: str | None = None        # a single-modality recipe
     head: str | None = None            # the model's head (TrainConfig.head); None: the base config's
+    encoder: tuple = ()                # EncoderConfig overrides as (key, value) pairs (a 3-D OCT model)
 
 
 FUSION_RECIPES = {
@@ -65,6 +67,12 @@ FUSION_RECIPES = {
                       options=(("unimodal_weight", 1.0),), head="eyemost"),
     "eyemost-plus": Recipe("eyemost-plus", "EyeMoSt+ (Zou et al. 2024): EyeMoSt with the confidence-consistency "
                            "loss (Table 1)", options=(("unimodal_weight", 1.0),), head="eyemost-plus"),
+    # the 3-D OCT models of Table 1 predict MD from the OCT volume alone, with naive training (fused loss only)
+    "egvfi": Recipe("egvfi", "EGVFI (Yu et al. 2021): 3-D CNN on the OCT volume (Table 1)", modality="oct",
+                    options=(("unimodal_weight", 0.0),), encoder=(("oct_encoder", "egvfi"),)),
+    "sf3d": Recipe("sf3d", "SF3D (Koyama et al. 2025) stand-in: 3-D ResNet-18 on the OCT volume, its published "
+                   "layout unknown here (Table 1)", modality="oct", options=(("unimodal_weight", 0.0),),
+                   encoder=(("oct_encoder", "sf3d"),)),
     "re-m3dr": Recipe("re-m3dr", "AM supervised contrastive stage 1, then SGM fusion (the method)", "adaptive", "sgm"),
     "wo-am": Recipe("wo-am", "fixed-margin stage 1, then SGM (Table 2 w/o AM)", "fixed", "sgm"),
     "am-only": Recipe("am-only", "AM stage 1 only: each unimodal model (Table 2 w/o SGM, OCT and FP rows)", "adaptive", None),
@@ -90,10 +98,13 @@ def recipe(name: str) -> Recipe:
 
 
 def recipes_for(dataset: MultimodalDataset, names: list[str] | None = None) -> list[str]:
-    """Recipe names for a data set: ``None`` gives every recipe, with one unimodal recipe per modality."""
+    """Recipe names for a data set: ``None`` gives every recipe, with one unimodal recipe per modality
+    (recipes of one modality the data set lacks, such as the OCT models on ``randhie``, left out)."""
     if names:
         return list(names)
-    return [f"unimodal-{m}" for m in dataset.spec.modality_names] + list(FUSION_RECIPES)
+    modalities = dataset.spec.modality_names
+    return [f"unimodal-{m}" for m in modalities] + [
+        name for name, r in FUSION_RECIPES.items() if r.modality is None or r.modality in modalities]
 
 
 def _stage1_key(dataset: MultimodalDataset, config: TrainConfig, kind: str) -> str:
@@ -182,7 +193,8 @@ def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir
             return [{**row, "recipe": name} for row in stage1_rows], None
     modalities = (r.modality,) if r.modality else None
     config = replace(base, modalities=modalities, strategy=r.strategy, strategy_options=options,
-                     init_encoders=init, contrastive=False, head=r.head or base.head)
+                     init_encoders=init, contrastive=False, head=r.head or base.head,
+                     encoder=replace(base.encoder, **dict(r.encoder)))
     result = fit(dataset, config, progress=progress, checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None,
                  checkpoint_every=checkpoint_every)
     model = r.modality or "fusion"
