@@ -68,13 +68,18 @@ from .models import EncoderConfig, MultimodalRegressor
 from .models.evidential import predictive_interval
 from .models.evidential_regressor import (EVIDENTIAL_HEADS, EvidentialRegressor, evidential_losses,
                                           standardised_to_labels)
+from .models.multi_expert import MultiExpertRegressor
+from .imbalance.echomen import fit_expert_weights, multi_expert_loss
+from .imbalance.lds import lds_weights, weighted_mse
+from .imbalance.objectives import (CONTRASTIVE_LOSSES, CONTRASTIVE_WEIGHTS, NEEDS_TWO_VIEWS, OFFICIAL_VIEWS,
+                                   contrastive_term)
 from .optim import Losses, NonFiniteError, RunInfo, build_strategy
-from .transforms import prepare_inputs, to_device
+from .transforms import SECOND_VIEW, prepare_inputs, to_device
 
 SUBSETS = ("all", "head", "tail", "few")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "float32", "bf16", "float64")
-HEADS = ("linear", *EVIDENTIAL_HEADS)
+HEADS = ("linear", *EVIDENTIAL_HEADS, "echomen")
 
 
 @dataclass
@@ -85,7 +90,16 @@ class TrainConfig:
     "few" bins only (a handful of samples on small sets). ``head``: ``linear`` (the regressor of
     section 3.1) or an evidential head (``eyemost``, ``eyemost-plus``: ``models.evidential_regressor``),
     which trains on its own likelihood (``regression_loss`` must stay ``mse``, unused) and predicts a
-    Student-t per eye, so its reports add interval coverage and width."""
+    Student-t per eye, so its reports add interval coverage and width; or EchoMEN's multi-expert head
+    on frozen encoders (``echomen``: ``models.multi_expert``, its own re-weighted expert losses).
+
+    ``contrastive`` adds a contrastive term to the regression loss: ``contrastive_loss`` names it
+    (``am-supcon``, stage 1 of section 4.1, weighted by ``supcon_weight``; or a comparator of
+    ``imbalance.objectives``: ``simclr``, ``rnc``, ``echomen``, ``conr``, weighted by
+    ``contrastive_weight``, None for the method's own), on ``contrastive_views`` augmented views of
+    each batch (None: the method's own, 1 for AM-SupCon, 2 for the others). ``lds``: the regression
+    loss weighted by label distribution smoothing (``imbalance.lds``; Yang et al. 2021) over bins of
+    ``lds_bin_width`` dB of training MD (MSE only)."""
 
     modalities: tuple[str, ...] | None = None
     strategy: str = "joint"
@@ -105,6 +119,11 @@ class TrainConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     head: str = "linear"
     contrastive: bool = False
+    contrastive_loss: str = "am-supcon"
+    contrastive_views: int | None = None
+    contrastive_weight: float | None = None
+    lds: bool = False
+    lds_bin_width: float = 1.0
     supcon_weight: float = 1.0
     margin_m0: float = 0.4
     margin_beta: float = 0.0005
@@ -134,10 +153,29 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.head != "linear" and (self.contrastive or self.regression_loss != "mse"):
-            raise ValueError(f"the {self.head} head trains on its own likelihood: it takes no contrastive stage 1 "
-                             f"and no regression_loss (got contrastive={self.contrastive}, "
-                             f"regression_loss={self.regression_loss!r})")
+        if self.head != "linear" and (self.contrastive or self.regression_loss != "mse" or self.lds):
+            raise ValueError(f"the {self.head} head trains on its own loss: it takes no contrastive term, no "
+                             f"regression_loss and no LDS (got contrastive={self.contrastive}, "
+                             f"regression_loss={self.regression_loss!r}, lds={self.lds})")
+        if self.contrastive_loss not in CONTRASTIVE_LOSSES:
+            raise ValueError(f"contrastive_loss must be one of {CONTRASTIVE_LOSSES}, got {self.contrastive_loss!r}")
+        if self.contrastive_views not in (None, 1, 2):
+            raise ValueError(f"contrastive_views must be None (the method's own), 1 or 2, got {self.contrastive_views}")
+        if self.contrastive_loss in NEEDS_TWO_VIEWS and self.views() < 2:
+            raise ValueError(f"{self.contrastive_loss} contrasts two augmented views; contrastive_views=1 leaves none")
+        if self.contrastive and self.views() == 2 and not self.augment:
+            raise ValueError(f"{self.contrastive_loss} contrasts two augmented views: it needs augment=True")
+        if self.contrastive_weight is not None and not self.contrastive_weight >= 0:
+            raise ValueError(f"contrastive_weight must be >= 0 (or None), got {self.contrastive_weight}")
+        if self.lds and (self.regression_loss != "mse" or not self.lds_bin_width > 0):
+            raise ValueError(f"lds weights the MSE over bins of lds_bin_width > 0 dB; got regression_loss="
+                             f"{self.regression_loss!r}, lds_bin_width={self.lds_bin_width}")
+
+    def views(self) -> int:
+        """How many augmented views of each batch the contrastive term contrasts (1 without one)."""
+        if not self.contrastive:
+            return 1
+        return self.contrastive_views or OFFICIAL_VIEWS[self.contrastive_loss]
 
     def parameter_dtype(self) -> torch.dtype:
         """The dtype of the weights: float64 for ``precision="float64"``, else float32 (bf16 is
@@ -260,6 +298,8 @@ def build_model(dataset: MultimodalDataset, config: TrainConfig, device: torch.d
     with default_dtype(config.parameter_dtype()):  # initial weights drawn in float64 too (float32 draws differ
         if config.head == "linear":                  # between processors)
             model = MultimodalRegressor(dataset.spec, modalities, config.encoder)
+        elif config.head == "echomen":
+            model = MultiExpertRegressor(dataset.spec, modalities, config.encoder)
         else:
             model = EvidentialRegressor(dataset.spec, modalities, config.encoder,
                                         confidence_weight=EVIDENTIAL_HEADS[config.head])
@@ -291,6 +331,7 @@ class Objective:
     label_mean: float
     label_std: float
     loss_fn: Callable
+    sample_weights: Callable | None = None   # labels in dB -> LDS weights [B] or EchoMEN's expert weights [B, M]
 
     @property
     def multimodal(self) -> bool:
@@ -301,6 +342,9 @@ class Objective:
         ``config.augment``) and its labels standardised with the training split's mean and SD."""
         inputs = prepare_inputs(batch, self.modalities, self.kinds, self.config.augment, generator, self.device,
                                 self.dtype)
+        if self.config.views() == 2:
+            inputs[SECOND_VIEW] = prepare_inputs(batch, self.modalities, self.kinds, self.config.augment, generator,
+                                                 self.device, self.dtype)
         return inputs, to_device((batch["y"] - self.label_mean) / self.label_std, self.device).to(self.dtype)
 
     def closure(self, model: MultimodalRegressor, inputs: dict, target: torch.Tensor,
@@ -315,23 +359,53 @@ class Objective:
         def compute():
             with autocast:
                 out = model(inputs)
+                second = model(inputs[SECOND_VIEW]) if SECOND_VIEW in inputs else None
+            if "experts" in out:
+                y_db = target * self.label_std + self.label_mean
+                o = out["experts"]
+                return Losses(fused=multi_expert_loss(o.experts.to(dtype), o.gate.to(dtype), target,
+                                                      self.sample_weights(y_db))["loss"],
+                              features=out["features"], target=target)
             if "evidential" in out:
                 fused, unimodal, extra = evidential_losses(out["evidential"], target, model.confidence_weight,
                                                            self.multimodal)
                 losses = Losses(fused=fused, unimodal=unimodal, extra=extra, features=out["features"], target=target)
                 return losses
-            if cfg.contrastive:
+            regression = self.regression(target)
+            if cfg.contrastive and cfg.contrastive_loss == "am-supcon":
                 projections = [z.to(dtype) for z in out["projections"].values()]
                 stage1 = stage1_objective(out["fused"].to(dtype), target, projections, target, margin,
-                                          cfg.supcon_weight, regression=loss_fn, temperature=cfg.temperature)
+                                          cfg.supcon_weight, regression=regression, temperature=cfg.temperature)
                 losses = Losses(fused=stage1["regression"], extra=stage1["contrastive"])
+            elif cfg.contrastive:
+                weight = CONTRASTIVE_WEIGHTS[cfg.contrastive_loss] if cfg.contrastive_weight is None \
+                    else cfg.contrastive_weight
+                term = contrastive_term(cfg.contrastive_loss, _in_dtype(out, dtype),
+                                        None if second is None else _in_dtype(second, dtype), target,
+                                        self.label_mean, self.label_std)
+                losses = Losses(fused=regression(out["fused"].to(dtype), target), extra=weight * term)
             else:
-                losses = Losses(fused=loss_fn(out["fused"].to(dtype), target))
+                losses = Losses(fused=regression(out["fused"].to(dtype), target))
             losses.features, losses.target = out["features"], target
             if self.multimodal:
-                losses.unimodal = {m: loss_fn(p.to(dtype), target) for m, p in out["unimodal"].items()}
+                losses.unimodal = {m: regression(p.to(dtype), target) for m, p in out["unimodal"].items()}
             return losses
         return compute
+
+
+    def regression(self, target: torch.Tensor) -> Callable:
+        """The regression loss of a batch: ``loss_fn``, or with ``config.lds`` the MSE weighted by the
+        LDS weights of the batch's labels."""
+        if self.sample_weights is None or not self.config.lds:
+            return self.loss_fn
+        weights = self.sample_weights(target * self.label_std + self.label_mean)
+        return lambda pred, t: weighted_mse(pred, t, weights)
+
+
+def _in_dtype(out: dict, dtype: torch.dtype) -> dict:
+    """A model's ``fused``, ``features`` and ``projections`` in ``dtype`` (out of an autocast's bf16)."""
+    return {"fused": out["fused"].to(dtype), **{k: {m: v.to(dtype) for m, v in out[k].items()}
+                                               for k in ("features", "projections")}}
 
 
 def build_objective(dataset: MultimodalDataset, config: TrainConfig, device: torch.device | None = None) -> Objective:
@@ -343,9 +417,15 @@ def build_objective(dataset: MultimodalDataset, config: TrainConfig, device: tor
     # a float32 sum depends on the vector width of the processor (an Intel and an AMD CPU differ here)
     loss_fn = regression_loss(config.regression_loss, **({"label_mean": mean, "label_std": std}
                                                         if config.regression_loss == "smape_r2" else {}))
+    y_db = dataset.train.y.double()
+    weights = None
+    if config.lds:
+        weights = lds_weights(y_db, config.lds_bin_width).to(device)
+    elif config.head == "echomen":  # Eq. (4) of EchoMEN over 1 dB bins of training MD
+        weights = fit_expert_weights(y_db, bin_width=1.0).to(device)
     return Objective(config, tuple(config.modalities or dataset.spec.modality_names),
                      dataset.spec.kinds, device, config.parameter_dtype(), mean, std,
-                     loss_fn)
+                     loss_fn, weights)
 
 
 def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, checkpoint_dir: str | Path | None = None,

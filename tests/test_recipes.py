@@ -22,18 +22,20 @@ def dataset():
 
 @pytest.mark.slow
 def test_every_paper_recipe_runs_on_a_tiny_set_and_resumes(dataset, tmp_path):
-    results = compare(dataset, list(PAPER_RECIPES), [0], BASE, tmp_path, progress=False, log=lambda *_: None)
+    names = [*PAPER_RECIPES, "rnc"]
+    results = compare(dataset, names, [0], BASE, tmp_path, progress=False, log=lambda *_: None)
     rows = results.set_index(["recipe", "model"])
-    assert set(rows.index) == {("unimodal-fundus", "fundus"), ("unimodal-oct", "oct"), ("am-only", "fundus"),
-                               ("am-only", "oct"), ("egvfi", "oct"), ("sf3d", "oct")} | {
-        (r, "fusion") for r in PAPER_RECIPES[2:] if r not in ("am-only", "egvfi", "sf3d")}
+    one_modality = {("unimodal-fundus", "fundus"), ("unimodal-oct", "oct"), ("am-only", "fundus"), ("am-only", "oct"),
+                    ("egvfi", "oct"), ("sf3d", "oct"), ("conr-oct", "oct"), ("conr-fundus", "fundus"),
+                    ("echomen-oct", "oct"), ("echomen-fundus", "fundus")}
+    assert set(rows.index) == one_modality | {(r, "fusion") for r in names if r not in {r for r, _ in one_modality}}
     assert results["test_n"].eq(15).all() and results[["many_n", "medium_n", "few_n"]].sum(axis=1).eq(15).all()
-    # stage 1 is trained once per margin kind and reused by the four recipes that start from it
-    stage1 = sorted(p.name for p in (tmp_path / "stage1").iterdir())
-    assert len(stage1) == 2 and stage1[0].startswith("adaptive") and stage1[1].startswith("fixed")
+    # stage 1 is trained once per kind and reused by every recipe that starts from it
+    stage1 = sorted(p.name.split("-seed")[0] for p in (tmp_path / "stage1").iterdir())
+    assert stage1 == ["adaptive", "echomen", "fixed", "rnc", "simclr"]
     history = pd.read_csv(tmp_path / "cells" / f"{dataset.name}__re-m3dr__seed0" / "history.csv")
     assert {"gamma", "sharpness", "cos", "loss_fundus", "loss_oct"} <= set(history.columns)
-    again = compare(dataset, list(PAPER_RECIPES), [0], BASE, tmp_path, progress=False, log=lambda *_: None)
+    again = compare(dataset, names, [0], BASE, tmp_path, progress=False, log=lambda *_: None)
     pd.testing.assert_frame_equal(again, results)
 
 

@@ -2,8 +2,10 @@
 
 Table 1 (comparison): ``unimodal-<modality>`` (e.g. ``unimodal-fundus``, ``unimodal-oct``),
 ``naive-fusion``, ``ogm-ge``, ``mmpareto``, ``eyemost``, ``eyemost-plus``, ``sam``, ``imbsam``,
-``sse-sam``, ``egvfi`` and ``sf3d`` (3-D OCT models, on the OCT volume alone), ``re-m3dr`` (AM
-stage 1, then SGM).
+``sse-sam``, ``egvfi`` and ``sf3d`` (3-D OCT models, on the OCT volume alone), ``simclr``,
+``conr`` (and ``conr-oct``, ``conr-fundus``), ``echomen`` (and ``echomen-oct``, ``echomen-fundus``),
+``re-m3dr`` (AM stage 1, then SGM). Not in Table 1: ``rnc`` (Rank-N-Contrast pretraining, then naive
+fusion).
 Table 2 (ablations): ``wo-am`` (fixed-margin stage 1, then SGM), ``am-only`` (AM stage 1, each
 unimodal model on its own), ``am-naive-fusion`` (AM stage 1, then naive fusion), ``am-mmpareto``
 (AM stage 1, then MMPareto).
@@ -40,12 +42,14 @@ from ..trainer import FitResult, TrainConfig, fit, save_encoders
 class Recipe:
     name: str
     description: str
-    stage1: str | None = None          # None, "adaptive" or "fixed" margin, or "plain" (no contrastive term)
+    stage1: str | None = None          # None, "adaptive" or "fixed" margin, "plain" (no contrastive term), or a
+                                       # comparator's contrastive loss: "simclr", "rnc", "echomen"
     strategy: str | None = "joint"     # stage-2 strategy; None: report the stage-1 models
     options: tuple = ()                # stage-2 strategy options as (key, value) pairs
     modality: str | None = None        # a single-modality recipe
     head: str | None = None            # the model's head (TrainConfig.head); None: the base config's
     encoder: tuple = ()                # EncoderConfig overrides as (key, value) pairs (a 3-D OCT model)
+    regulariser: str | None = None     # a contrastive loss added in the (last) stage: "conr"
 
 
 FUSION_RECIPES = {
@@ -73,6 +77,27 @@ FUSION_RECIPES = {
     "sf3d": Recipe("sf3d", "SF3D (Koyama et al. 2025) stand-in: 3-D ResNet-18 on the OCT volume, its published "
                    "layout unknown here (Table 1)", modality="oct", options=(("unimodal_weight", 0.0),),
                    encoder=(("oct_encoder", "sf3d"),)),
+    # the contrastive comparators: SimCLR and Rank-N-Contrast pretrain the encoders (stage 1), then naive
+    # fusion; EchoMEN pretrains with its label-distance SupCon, then trains its multi-expert head on the
+    # frozen encoders; ConR is a regulariser of naive fusion's (or one modality's) training
+    "simclr": Recipe("simclr", "SimCLR (Chen et al. 2020) pretraining per modality, then naive fusion (Table 1)",
+                     "simclr", options=(("unimodal_weight", 0.0),)),
+    "conr": Recipe("conr", "ConR (Keramati et al. 2024) regularising naive fusion (Table 1)",
+                   options=(("unimodal_weight", 0.0),), regulariser="conr"),
+    "conr-oct": Recipe("conr-oct", "ConR on OCT alone (Table 1)", options=(("unimodal_weight", 0.0),),
+                       modality="oct", regulariser="conr"),
+    "conr-fundus": Recipe("conr-fundus", "ConR on the fundus photograph alone (Table 1)",
+                          options=(("unimodal_weight", 0.0),), modality="fundus", regulariser="conr"),
+    "echomen": Recipe("echomen", "EchoMEN (Lai et al. 2024): label-distance SupCon per modality, then a "
+                      "multi-expert head on the frozen fused encoders (Table 1)", "echomen",
+                      options=(("unimodal_weight", 0.0),), head="echomen"),
+    "echomen-oct": Recipe("echomen-oct", "EchoMEN on OCT alone (Table 1)", "echomen",
+                          options=(("unimodal_weight", 0.0),), modality="oct", head="echomen"),
+    "echomen-fundus": Recipe("echomen-fundus", "EchoMEN on the fundus photograph alone (Table 1)", "echomen",
+                             options=(("unimodal_weight", 0.0),), modality="fundus", head="echomen"),
+    "rnc": Recipe("rnc", "Rank-N-Contrast (Zha et al. 2023) pretraining per modality, then naive fusion "
+                  "(not in Table 1: a standard imbalanced-regression baseline)", "rnc",
+                  options=(("unimodal_weight", 0.0),)),
     "re-m3dr": Recipe("re-m3dr", "AM supervised contrastive stage 1, then SGM fusion (the method)", "adaptive", "sgm"),
     "wo-am": Recipe("wo-am", "fixed-margin stage 1, then SGM (Table 2 w/o AM)", "fixed", "sgm"),
     "am-only": Recipe("am-only", "AM stage 1 only: each unimodal model (Table 2 w/o SGM, OCT and FP rows)", "adaptive", None),
@@ -83,8 +108,10 @@ FUSION_RECIPES = {
                                       "contrastive term (plain unimodal pretraining), then naive fusion", "plain",
                                       options=(("unimodal_weight", 0.0),)),
 }
+COMPARATOR_STAGE1 = ("simclr", "rnc", "echomen")
 CONTROL_RECIPES = ("pretrained-naive-fusion",)
-PAPER_RECIPES = ("unimodal-fundus", "unimodal-oct", *(r for r in FUSION_RECIPES if r not in CONTROL_RECIPES))
+NOT_IN_PAPER = (*CONTROL_RECIPES, "rnc")
+PAPER_RECIPES = ("unimodal-fundus", "unimodal-oct", *(r for r in FUSION_RECIPES if r not in NOT_IN_PAPER))
 
 
 def recipe(name: str) -> Recipe:
@@ -135,7 +162,8 @@ def stage1(dataset: MultimodalDataset, base: TrainConfig, kind: str, folder: Pat
     an interrupted stage 1 continues where it stopped; they are removed once the encoder is saved.
     A corrupt encoder or result file is reported and that encoder is trained again."""
     config = replace(base, strategy="joint", strategy_options={"unimodal_weight": 0.0}, contrastive=kind != "plain",
-                     adaptive_margin=kind == "adaptive", init_encoders={})
+                     adaptive_margin=kind == "adaptive", init_encoders={}, head="linear",
+                     contrastive_loss=kind if kind in COMPARATOR_STAGE1 else "am-supcon")
     out = Path(folder) / _stage1_key(dataset, config, kind)
     paths, rows = {}, []
     with _locked(out):
@@ -192,8 +220,11 @@ def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir
         if r.strategy is None:
             return [{**row, "recipe": name} for row in stage1_rows], None
     modalities = (r.modality,) if r.modality else None
+    if r.modality:  # a one-modality recipe from stage 1 takes that modality's encoder only
+        init = {m: path for m, path in init.items() if m == r.modality}
     config = replace(base, modalities=modalities, strategy=r.strategy, strategy_options=options,
-                     init_encoders=init, contrastive=False, head=r.head or base.head,
+                     init_encoders=init, head=r.head or base.head, contrastive=r.regulariser is not None,
+                     contrastive_loss=r.regulariser or base.contrastive_loss,
                      encoder=replace(base.encoder, **dict(r.encoder)))
     result = fit(dataset, config, progress=progress, checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None,
                  checkpoint_every=checkpoint_every)
