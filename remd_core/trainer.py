@@ -70,11 +70,11 @@ from .models.evidential_regressor import (EVIDENTIAL_HEADS, EvidentialRegressor,
                                           standardised_to_labels)
 from .models.multi_expert import MultiExpertRegressor
 from .imbalance.echomen import fit_expert_weights, multi_expert_loss
-from .imbalance.lds import lds_weights, weighted_mse
+from .imbalance.lds import LabelBins, lds_weights, weighted_mse
 from .imbalance.objectives import (CONTRASTIVE_LOSSES, CONTRASTIVE_WEIGHTS, NEEDS_TWO_VIEWS, OFFICIAL_VIEWS,
                                    contrastive_term)
 from .optim import Losses, NonFiniteError, RunInfo, build_strategy
-from .transforms import SECOND_VIEW, prepare_inputs, to_device
+from .transforms import LABELS, SECOND_VIEW, prepare_inputs, to_device
 
 SUBSETS = ("all", "head", "tail", "few")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -99,7 +99,9 @@ class TrainConfig:
     ``contrastive_weight``, None for the method's own), on ``contrastive_views`` augmented views of
     each batch (None: the method's own, 1 for AM-SupCon, 2 for the others). ``lds``: the regression
     loss weighted by label distribution smoothing (``imbalance.lds``; Yang et al. 2021) over bins of
-    ``lds_bin_width`` dB of training MD (MSE only)."""
+    ``label_bin_width`` dB of training MD (MSE only); ``fds``: feature distribution smoothing
+    (``imbalance.fds``) of each modality's features before the heads, over the same bins, its
+    statistics updated at the end of every epoch (``update_fds``)."""
 
     modalities: tuple[str, ...] | None = None
     strategy: str = "joint"
@@ -123,7 +125,8 @@ class TrainConfig:
     contrastive_views: int | None = None
     contrastive_weight: float | None = None
     lds: bool = False
-    lds_bin_width: float = 1.0
+    fds: bool = False
+    label_bin_width: float = 1.0
     supcon_weight: float = 1.0
     margin_m0: float = 0.4
     margin_beta: float = 0.0005
@@ -153,10 +156,12 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.head != "linear" and (self.contrastive or self.regression_loss != "mse" or self.lds):
+        if self.head != "linear" and (self.contrastive or self.regression_loss != "mse" or self.lds or self.fds):
             raise ValueError(f"the {self.head} head trains on its own loss: it takes no contrastive term, no "
-                             f"regression_loss and no LDS (got contrastive={self.contrastive}, "
-                             f"regression_loss={self.regression_loss!r}, lds={self.lds})")
+                             f"regression_loss and no LDS or FDS (got contrastive={self.contrastive}, "
+                             f"regression_loss={self.regression_loss!r}, lds={self.lds}, fds={self.fds})")
+        if not self.label_bin_width > 0:
+            raise ValueError(f"label_bin_width must be > 0 dB, got {self.label_bin_width}")
         if self.contrastive_loss not in CONTRASTIVE_LOSSES:
             raise ValueError(f"contrastive_loss must be one of {CONTRASTIVE_LOSSES}, got {self.contrastive_loss!r}")
         if self.contrastive_views not in (None, 1, 2):
@@ -167,9 +172,8 @@ class TrainConfig:
             raise ValueError(f"{self.contrastive_loss} contrasts two augmented views: it needs augment=True")
         if self.contrastive_weight is not None and not self.contrastive_weight >= 0:
             raise ValueError(f"contrastive_weight must be >= 0 (or None), got {self.contrastive_weight}")
-        if self.lds and (self.regression_loss != "mse" or not self.lds_bin_width > 0):
-            raise ValueError(f"lds weights the MSE over bins of lds_bin_width > 0 dB; got regression_loss="
-                             f"{self.regression_loss!r}, lds_bin_width={self.lds_bin_width}")
+        if self.lds and self.regression_loss != "mse":
+            raise ValueError(f"lds weights the MSE; got regression_loss={self.regression_loss!r}")
 
     def views(self) -> int:
         """How many augmented views of each batch the contrastive term contrasts (1 without one)."""
@@ -297,7 +301,8 @@ def build_model(dataset: MultimodalDataset, config: TrainConfig, device: torch.d
     modalities = config.modalities or dataset.spec.modality_names
     with default_dtype(config.parameter_dtype()):  # initial weights drawn in float64 too (float32 draws differ
         if config.head == "linear":                  # between processors)
-            model = MultimodalRegressor(dataset.spec, modalities, config.encoder)
+            bins = LabelBins.covering(dataset.train.y.double(), config.label_bin_width) if config.fds else None
+            model = MultimodalRegressor(dataset.spec, modalities, config.encoder, fds_bins=bins)
         elif config.head == "echomen":
             model = MultiExpertRegressor(dataset.spec, modalities, config.encoder)
         else:
@@ -345,6 +350,8 @@ class Objective:
         if self.config.views() == 2:
             inputs[SECOND_VIEW] = prepare_inputs(batch, self.modalities, self.kinds, self.config.augment, generator,
                                                  self.device, self.dtype)
+        if self.config.fds:  # FDS calibrates each training sample with the statistics of its MD bin
+            inputs[LABELS] = to_device(batch["y"], self.device)
         return inputs, to_device((batch["y"] - self.label_mean) / self.label_std, self.device).to(self.dtype)
 
     def closure(self, model: MultimodalRegressor, inputs: dict, target: torch.Tensor,
@@ -420,7 +427,7 @@ def build_objective(dataset: MultimodalDataset, config: TrainConfig, device: tor
     y_db = dataset.train.y.double()
     weights = None
     if config.lds:
-        weights = lds_weights(y_db, config.lds_bin_width).to(device)
+        weights = lds_weights(y_db, config.label_bin_width).to(device)
     elif config.head == "echomen":  # Eq. (4) of EchoMEN over 1 dB bins of training MD
         weights = fit_expert_weights(y_db, bin_width=1.0).to(device)
     return Objective(config, tuple(config.modalities or dataset.spec.modality_names),
@@ -507,6 +514,8 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
             run["position"] += config.batch_size
             if checkpoints and checkpoint_every and run["step"] % checkpoint_every == 0 and run["position"] < stop:
                 save_checkpoint(logs)
+        if config.fds:
+            update_fds(model, train, kinds, config.eval_batch_size, device, epoch)
         scheduler.step()
         run["step_rows"] += run["partial_rows"] + _rows(logs, epoch, run["step"] - len(logs))
         run["partial_rows"], run["order"], run["position"] = [], None, 0
@@ -542,6 +551,28 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
     region_table = metrics.per_region_report(dataset.test.y.numpy(), predictions["test"], regions)
     return FitResult(model, history, pd.DataFrame(run["epoch_rows"]), results, region_table, predictions, intervals,
                      run["best"]["epoch"], mean, std, run["elapsed"] + time.perf_counter() - start, config)
+
+
+def update_fds(model: MultimodalRegressor, split: MultimodalSplit, kinds: dict[str, str], batch_size: int, device,
+               epoch: int) -> None:
+    """FDS's end-of-epoch update (``imbalance.fds.FDS.update``) with every modality's features of the whole
+    training split. The official code collects the features of the epoch's training forward passes
+    (augmented, BatchNorm in training mode); we encode the split once more, without augmentation and
+    in evaluation mode, because a strategy's step may run several forward passes (SAM's perturbed one,
+    SGM's probes) whose features are not the model's at any one point."""
+    features = {m: [] for m in model.modalities}
+    labels = []
+    model.eval()
+    with torch.no_grad():
+        for batch in split.batches(batch_size):
+            inputs = prepare_inputs(batch, model.modalities, kinds, augment=False, device=device, dtype=model.dtype)
+            for m, f in model.encode(inputs).items():
+                features[m].append(f)
+            labels.append(to_device(batch["y"], device))
+    y = torch.cat(labels)
+    for m in model.modalities:
+        model.fds[m].update(torch.cat(features[m]), y, epoch)
+    model.train()
 
 
 @contextmanager

@@ -120,3 +120,34 @@ def test_the_echomen_head_trains_its_experts_on_frozen_encoders(dataset, tmp_pat
     torch.testing.assert_close(sum(shares.values()), result.model(inputs)["fused"], rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="echomen head"):
         TrainConfig(head="echomen", contrastive=True)
+
+
+def test_fds_statistics_come_from_the_training_features_and_calibrate_the_heads_in_training(dataset):
+    config = replace(BASE, fds=True, modalities=("oct",), label_bin_width=2.0, augment=False)
+    result = fit(dataset, config, progress=False)
+    model, fds = result.model, result.model.fds["oct"]
+    assert fds.last_update_epoch == 0
+    # the end-of-epoch update: per 2 dB bin, the mean of the encoder's features of every training eye
+    objective = build_objective(dataset, config)
+    model.eval()
+    with torch.no_grad():
+        inputs, _ = objective.prepare(dataset.train.batch(torch.arange(len(dataset.train))))
+        features = model.encode(inputs)["oct"]
+    y = dataset.train.y.double()
+    bins = torch.floor((y - y.min()) / 2.0).long().clamp(max=fds.bins.n - 1)
+    for b in bins.unique().tolist():
+        torch.testing.assert_close(fds.running_mean[b], features[bins == b].mean(0), rtol=1e-9, atol=1e-9)
+    # training-mode forward: the head reads the calibrated features; evaluation mode: the features as they are
+    model.train()
+    with torch.no_grad():
+        out = model(inputs)
+        calibrated = fds.calibrate(out["features"]["oct"], inputs["labels"])
+        torch.testing.assert_close(out["fused"], model.fusion_head(calibrated).squeeze(-1))
+        assert not torch.allclose(calibrated, out["features"]["oct"])
+        model.eval()
+        torch.testing.assert_close(model(inputs)["fused"], model.fusion_head(model.encode(inputs)["oct"]).squeeze(-1))
+    # the statistics and their epoch travel with the weights (checkpoints, best-epoch copies)
+    fresh = build_model(dataset, config)
+    assert fresh.fds["oct"].last_update_epoch == -1
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.fds["oct"].last_update_epoch == 0 and torch.equal(fresh.fds["oct"].running_var, fds.running_var)

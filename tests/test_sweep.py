@@ -83,21 +83,21 @@ def test_paper_grid_is_the_union_of_its_tables_without_duplicates():
     grid = load_grid(PAPER)
     assert list(grid.groups) == ["table1", "table2", "sensitivity_m0", "sensitivity_beta", "sensitivity_gamma"]
     cells = expand(grid)
-    assert len(cells) == len({c.key for c in cells}) == 39 + 15 + 9
+    assert len(cells) == len({c.key for c in cells}) == 60 + 15 + 9
     default = {c.key: c for c in cells}["synthetic-stage2__re-m3dr__seed0"]
     # one run serves both tables and the default point of each sensitivity curve
     assert default.groups == ("table1", "table2", "sensitivity_m0", "sensitivity_beta", "sensitivity_gamma")
     assert default.params == {"DATASET": "synthetic-stage2", "RECIPE": "re-m3dr", "SEED": 0}
     one_seed = expand(grid, seeds=[0])
-    assert len(one_seed) == 13 + 5 + 9 and {c.params["SEED"] for c in one_seed} == {0}
+    assert len(one_seed) == 20 + 5 + 9 and {c.params["SEED"] for c in one_seed} == {0}
     # a cell's groups name every sub-grid holding it, selected or not
     table2 = expand(grid, seeds=[0], groups=["table2"])
     assert [c.params["RECIPE"] for c in table2] == ["re-m3dr", "wo-am", "am-only", "am-naive-fusion", "am-mmpareto",
                                                    "pretrained-naive-fusion"]
     # stage-1 trainers first: one cell per shared set of encoders, then cells without stage 1
     order = [c.params["RECIPE"] for c in schedule(expand(grid, seeds=[0], groups=["table1", "table2"]), STAGE2_ONLY)]
-    assert order[:3] == ["re-m3dr", "wo-am", "pretrained-naive-fusion"] and order[-3:] == [
-        "am-only", "am-naive-fusion", "am-mmpareto"]
+    assert order[:5] == ["simclr", "echomen-oct", "re-m3dr", "wo-am", "pretrained-naive-fusion"]
+    assert order[-5:] == ["echomen-fundus", "echomen", "am-only", "am-naive-fusion", "am-mmpareto"]
 
 
 def test_groups_select_by_name_or_prefix():

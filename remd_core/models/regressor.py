@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 from ..data.format import DatasetSpec
+from ..imbalance.fds import FDS
+from ..imbalance.lds import LabelBins
+from ..transforms import LABELS
 from .encoders import EncoderConfig, build_encoder
 
 
@@ -55,7 +58,7 @@ class MultimodalRegressor(ModalityEncoders):
     """Satisfies ``remd_core.models.contract.MultimodalModel``, the contract of the strategies."""
 
     def __init__(self, spec: DatasetSpec, modalities: tuple[str, ...] | None = None,
-                 encoder: EncoderConfig | None = None, projection_dim: int = 128):
+                 encoder: EncoderConfig | None = None, projection_dim: int = 128, fds_bins: LabelBins | None = None):
         super().__init__(spec, modalities, encoder)
         self.heads = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_features, 1) for m in self.modalities})
         self.projections = nn.ModuleDict({
@@ -64,16 +67,24 @@ class MultimodalRegressor(ModalityEncoders):
             for m, e in self.encoders.items()})
         fused_features = sum(e.out_features for e in self.encoders.values())
         self.fusion_head = nn.Linear(fused_features, 1)
+        self.fds = None if fds_bins is None else nn.ModuleDict(
+            {m: FDS(e.out_features, fds_bins) for m, e in self.encoders.items()})
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict:
         """``inputs`` maps modality names to float batches. Returns ``fused`` ``[B]``,
         ``unimodal`` {modality: ``[B]``}, ``features`` {modality: ``[B, F]``} and
         ``projections`` {modality: ``[B, projection_dim]``}. Other entries of ``inputs`` (the
-        ``present`` mask) are not read."""
+        ``present`` mask) are not read, except ``LABELS`` with FDS: in training, the heads then read
+        each modality's features calibrated by its FDS (Yang et al. 2021; ``features`` and the
+        projections stay the encoders' own, which FDS's statistics are computed from)."""
         features = self.encode(inputs)
-        unimodal = {m: self.heads[m](f).squeeze(-1) for m, f in features.items()}
+        heads_in = features
+        if self.fds is not None and LABELS in inputs:
+            heads_in = {m: self.fds[m](f, inputs[LABELS], self.fds[m].last_update_epoch + 1)
+                        for m, f in features.items()}
+        unimodal = {m: self.heads[m](f).squeeze(-1) for m, f in heads_in.items()}
         projections = {m: self.projections[m](f) for m, f in features.items()}
-        fused = self.fusion_head(torch.cat([features[m] for m in self.modalities], dim=-1)).squeeze(-1)
+        fused = self.fusion_head(torch.cat([heads_in[m] for m in self.modalities], dim=-1)).squeeze(-1)
         return {"fused": fused, "unimodal": unimodal, "features": features, "projections": projections}
 
     def fusion_contributions(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
