@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from remd_core.imbalance import echomen
-from remd_core.losses import am_supcon_loss, mse_loss
+from remd_core.losses import am_supcon_loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,8 +136,6 @@ def test_anchor_without_positive_is_left_out():
     want = loop_ldw_supcon(z.numpy(), y.numpy(), 1.0, 1.0, 0.0, "l1", 1.0)
     assert loss.item() == pytest.approx(want, rel=1e-10)
     assert torch.isfinite(grad).all()
-    out = echomen.echomen_stage1_objective(torch.zeros(5, dtype=torch.float64), y, z, y)
-    assert out["n_anchors_with_positive"].item() == 3
 
 
 @pytest.mark.parametrize("y", [torch.tensor([0.0, 1.0, 2.0, 3.0]), torch.tensor([7.0])])
@@ -158,20 +156,6 @@ def test_extreme_scales_stay_finite():
     got = echomen.ldw_supcon_loss(z64, y.double(), temperature=0.5, distance="l2", distance_scale=0.1)
     want = loop_ldw_supcon(z64.numpy(), y.numpy(), 0.5, 1.0, 0.0, "l2", 0.1)  # exp(360) fits a double
     assert got.item() == pytest.approx(want, rel=1e-9)
-
-
-def test_stage1_objective_sums_terms():
-    g = torch.Generator().manual_seed(6)
-    pred, target = torch.randn(6, generator=g), torch.randn(6, generator=g)
-    z1, z2 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
-    y = torch.tensor([0.0, 0.1, 0.2, 1.0, 1.05, 3.0])
-    out = echomen.echomen_stage1_objective(pred, target, [z1, z2], y, lam=0.5, positive_radius=0.15)
-    s1 = echomen.ldw_supcon_loss(z1, y, positive_radius=0.15)
-    s2 = echomen.ldw_supcon_loss(z2, y, positive_radius=0.15)
-    assert out["supcon"].item() == pytest.approx((s1 + s2).item(), rel=1e-6)
-    assert out["regression"].item() == pytest.approx(mse_loss(pred, target).item(), rel=1e-6)
-    assert out["loss"].item() == pytest.approx(out["regression"].item() + 0.5 * out["supcon"].item(), rel=1e-6)
-    assert out["contrastive"].item() == pytest.approx(0.5 * out["supcon"].item(), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,10 +317,6 @@ def test_invalid_inputs_and_settings():
         echomen.ldw_supcon_loss(torch.randn(4), torch.arange(4.0))          # z not [B, D]
     with pytest.raises(ValueError):
         echomen.ldw_supcon_loss(torch.randn(4, 3), torch.arange(5.0))       # label count
-    with pytest.raises(ValueError):
-        echomen.echomen_stage1_objective(torch.zeros(3), torch.zeros(3), torch.randn(3, 2), torch.zeros(3), lam=-1)
-    with pytest.raises(ValueError):
-        echomen.echomen_stage1_objective(torch.zeros(3), torch.zeros(3), [], torch.zeros(3))
     for bad in (1, 0, 2.5, True):
         with pytest.raises(ValueError):
             echomen.expert_exponents(bad)

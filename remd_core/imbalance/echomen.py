@@ -21,7 +21,8 @@ What the paper defines, and what here implements it
   ``beta_ij = |Q(i)| exp(d_ij) / sum_{k in Q(i)} exp(d_ik)``, ``d_ij`` "the L1 or L2 label difference".
   The weights of an anchor's negatives average to 1; farther labels are pushed harder.
 - Section 2.1, last paragraph: stage 1 is ``L_stage1 = L_regression + lambda * L_LDW-SupCon`` with an
-  extra regression head ``e`` on ``f(x)`` (``echomen_stage1_objective``); lambda = 0.5, MSE (3.2).
+  extra regression head ``e`` on ``f(x)`` (the trainer's ``contrastive_loss="echomen"``,
+  ``imbalance.objectives``); lambda = 0.5, MSE (3.2).
 - Section 2.2: stage 2 freezes the encoder ``f`` and trains ``M`` linear experts on ``f(x)``
   (``MultiExpertHead``), expert ``m`` with the re-weighted loss of Eq. (3),
   ``L_m = sum_i w_i^m L(yhat_i^m, y_i)``, whose weights are Eq. (4), ``w_i^m = f_{b(i)}^(-p_m)`` with
@@ -89,7 +90,7 @@ Where we differ, and why
    module's: the head trains whatever features it is given.
 
 Everything here is pure tensor arithmetic with no host synchronisation in the training-step
-functions (``ldw_supcon_loss``, ``echomen_stage1_objective``, ``MultiExpertHead.forward``,
+functions (``ldw_supcon_loss``, ``MultiExpertHead.forward``,
 ``ExpertWeights.__call__``, ``multi_expert_loss``), provided the labels are on the device of the
 features and the ``ExpertWeights`` table was moved there once (``ExpertWeights.to``);
 ``fit_expert_weights`` runs once, on the host.
@@ -99,14 +100,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..losses import RegressionLoss, _l2_normalise, _labels, regression_loss
+from ..losses import _l2_normalise, _labels
 
 DISTANCES = ("l1", "l2")
 EXPERT_LOSSES = ("mse", "l1")
@@ -230,34 +230,6 @@ def ldw_supcon_loss(z: torch.Tensor, y: torch.Tensor, *, temperature: float = 1.
     attached to ``z``'s graph. No host synchronisation.
     """
     return _ldw_supcon(z, y, temperature, base_temperature, positive_radius, distance, distance_scale)[0]
-
-
-def echomen_stage1_objective(pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor | Sequence[torch.Tensor],
-                             y_for_distance: torch.Tensor, *, lam: float = 0.5,
-                             regression: str | RegressionLoss = "mse", temperature: float = 1.0,
-                             base_temperature: float = 1.0, positive_radius: float = 0.0, distance: str = "l1",
-                             distance_scale: float = 1.0) -> dict:
-    """EchoMEN's stage 1 (section 2.1): ``L = L_regression(pred, target) + lam * L_LDW-SupCon``.
-
-    The same keys as ``remd_core.losses.stage1_objective``, so a trainer can use either:
-    ``"loss"``, ``"regression"``, ``"supcon"`` (summed over the projections when ``z`` is a sequence,
-    one per modality), ``"contrastive"`` (``lam * supcon``) and ``"n_anchors_with_positive"`` (0-dim
-    int64 tensor, of the first projection). ``lam`` defaults to the paper's 0.5; ``regression`` is a
-    name for ``remd_core.losses.regression_loss`` or a callable (the paper uses MSE).
-    """
-    if not (lam >= 0 and math.isfinite(lam)):
-        raise ValueError(f"lam must be finite and >= 0, got {lam}")
-    reg_fn = regression_loss(regression) if isinstance(regression, str) else regression
-    reg = reg_fn(pred, target)
-    views = [z] if isinstance(z, torch.Tensor) else list(z)
-    if not views:
-        raise ValueError("echomen_stage1_objective needs at least one projection z")
-    results = [_ldw_supcon(v, y_for_distance, temperature, base_temperature, positive_radius, distance,
-                           distance_scale) for v in views]
-    supcon = sum(r[0] for r in results)
-    contrastive = lam * supcon
-    return {"loss": reg + contrastive, "regression": reg, "supcon": supcon, "contrastive": contrastive,
-            "n_anchors_with_positive": results[0][1]}
 
 
 # --------------------------------------------------------------------------------------------------
