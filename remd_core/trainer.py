@@ -12,6 +12,12 @@
   plain joint training, ``sgm``, ``mmpareto``, ``ogm_ge``), from scratch or from stage-1 encoders
   (``init_encoders``).
 
+Table 1's comparators use the same trainer: the model's head (``TrainConfig.head``: the linear
+heads above, EyeMoSt's evidential heads, EchoMEN's multi-expert head on frozen encoders), a
+comparator's contrastive term in place of AM-SupCon (``contrastive_loss``: SimCLR, Rank-N-Contrast,
+EchoMEN, ConR; ``imbalance.objectives``) and the imbalanced-regression options LDS and FDS
+(``lds``, ``fds``). Each reaches the strategies as a ``Losses``, so no strategy knows about them.
+
 The regression loss is MSE by default; the paper's SMAPE + R^2 combination is
 ``regression_loss="smape_r2"`` (SMAPE is unstable for MD near 0 dB, which is why it is not the
 default here). The paper uses Adam, batch 8 and ResNet34; the CPU defaults are AdamW (weight decay
@@ -74,7 +80,7 @@ from .imbalance.lds import LabelBins, lds_weights, weighted_mse
 from .imbalance.objectives import (CONTRASTIVE_LOSSES, CONTRASTIVE_WEIGHTS, NEEDS_TWO_VIEWS, OFFICIAL_VIEWS,
                                    contrastive_term)
 from .optim import Losses, NonFiniteError, RunInfo, build_strategy
-from .transforms import LABELS, SECOND_VIEW, prepare_inputs, to_device
+from .transforms import LABELS, PRESENT, SECOND_VIEW, drop_modalities, prepare_inputs, to_device
 
 SUBSETS = ("all", "head", "tail", "few")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -101,7 +107,9 @@ class TrainConfig:
     loss weighted by label distribution smoothing (``imbalance.lds``; Yang et al. 2021) over bins of
     ``label_bin_width`` dB of training MD (MSE only); ``fds``: feature distribution smoothing
     (``imbalance.fds``) of each modality's features before the heads, over the same bins, its
-    statistics updated at the end of every epoch (``update_fds``)."""
+    statistics updated at the end of every epoch (``update_fds``). ``modality_dropout``: each training
+    sample's present modalities are dropped (zero-filled, ``present`` False) with this probability,
+    never all of them (``transforms.drop_modalities``), a baseline for missing modalities."""
 
     modalities: tuple[str, ...] | None = None
     strategy: str = "joint"
@@ -127,6 +135,7 @@ class TrainConfig:
     lds: bool = False
     fds: bool = False
     label_bin_width: float = 1.0
+    modality_dropout: float = 0.0
     supcon_weight: float = 1.0
     margin_m0: float = 0.4
     margin_beta: float = 0.0005
@@ -160,6 +169,8 @@ class TrainConfig:
             raise ValueError(f"the {self.head} head trains on its own loss: it takes no contrastive term, no "
                              f"regression_loss and no LDS or FDS (got contrastive={self.contrastive}, "
                              f"regression_loss={self.regression_loss!r}, lds={self.lds}, fds={self.fds})")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if not self.label_bin_width > 0:
             raise ValueError(f"label_bin_width must be > 0 dB, got {self.label_bin_width}")
         if self.contrastive_loss not in CONTRASTIVE_LOSSES:
@@ -345,6 +356,8 @@ class Objective:
     def prepare(self, batch: dict, generator: torch.Generator | None = None) -> tuple[dict, torch.Tensor]:
         """``(inputs, target)``: the batch's modalities (augmented with ``generator`` when
         ``config.augment``) and its labels standardised with the training split's mean and SD."""
+        if self.config.modality_dropout:
+            batch = {**batch, PRESENT: drop_modalities(batch[PRESENT], self.config.modality_dropout, generator)}
         inputs = prepare_inputs(batch, self.modalities, self.kinds, self.config.augment, generator, self.device,
                                 self.dtype)
         if self.config.views() == 2:

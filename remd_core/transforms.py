@@ -64,20 +64,40 @@ def prepare_inputs(batch: dict, modalities, kinds: dict[str, str], augment: bool
 
     When the batch carries its ``present`` mask (``[B, K]`` in the order of ``kinds``, the data set's
     modalities), ``inputs[PRESENT]`` holds its columns for ``modalities``, in that order: models that
-    fuse only the acquired modalities (the evidential head) read it, the others ignore it."""
-    inputs = {}
+    fuse only the acquired modalities (the evidential head, RIMA, SimMLM) read it, and every model
+    sees an absent modality as zeros after normalisation and augmentation (zero-filling: the input a
+    network sees for "no image", whatever the augmentation would have made of a black one). With
+    every modality present the multiplication by the mask leaves each value exactly as it was."""
+    inputs, present = {}, None
     if PRESENT in batch:
         names = list(kinds)
         columns = [names.index(m) for m in modalities]
-        inputs[PRESENT] = to_device(torch.as_tensor(batch[PRESENT])[:, columns].bool(), device)
-    for m in modalities:
+        present = to_device(torch.as_tensor(batch[PRESENT])[:, columns].bool(), device)
+        inputs[PRESENT] = present
+    for j, m in enumerate(modalities):
         x = to_device(batch[m], device).to(dtype)
         if kinds[m] in ("image", "volume"):
             if augment:
                 x = random_intensity(random_translate(x, max(1, x.shape[-1] // 16), generator), 0.05, 0.1, generator)
             x = normalize(x)
+        if present is not None:
+            x = x * present[:, j].reshape(-1, *([1] * (x.dim() - 1))).to(dtype)
         inputs[m] = x
     return inputs
+
+
+def drop_modalities(present: torch.Tensor, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Modality dropout (a training-time baseline for missing modalities): each present modality of
+    each sample is dropped with probability ``rate``, drawn from ``generator``; a sample whose draw
+    would drop every present modality keeps them all (it is never left without input). Returns the
+    new bool ``[B, K]`` mask; an absent modality stays absent."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"modality dropout rate must be in [0, 1), got {rate}")
+    present = torch.as_tensor(present).bool()
+    keep = torch.rand(present.shape, generator=generator) >= rate
+    dropped = present & keep
+    emptied = ~dropped.any(dim=1, keepdim=True)
+    return torch.where(emptied, present, dropped)
 
 
 def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
