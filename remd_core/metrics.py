@@ -279,3 +279,53 @@ def head_tail_split(y_train, regions: Regions | None = None, medium_as_tail: boo
     head = names == "many"
     tail = (names == "few") | ((names == "medium") if medium_as_tail else False)
     return head, tail
+
+
+# ----------------------------------------------------------------------------------------------
+# Missing-modality patterns
+
+
+def _pattern_rank(pattern: str) -> tuple[int, str]:
+    """Sort key of a missing pattern (``remd_core.data.missing.missing_pattern``): most modalities
+    present first ("both", then "a+b+c" by its count of names), "<name> only", "none" last; ties by name."""
+    if pattern == "both":
+        present = 2
+    elif pattern.endswith(" only"):
+        present = 1
+    elif pattern == "none":
+        present = 0
+    else:
+        present = pattern.count("+") + 1
+    return (-present, pattern)
+
+
+def per_pattern_report(y, yhat, patterns, order=None) -> pd.DataFrame:
+    """One row per missing pattern, then "all" (every sample): n, R^2, MSE, MAE.
+
+    ``patterns`` is the pattern of each sample (``remd_core.data.missing.missing_pattern(present,
+    names)``: "both", "fundus only", "oct only", ...). Rows follow ``order`` when given (a pattern in
+    ``order`` that no sample has gets n = 0 and NaN metrics, as an empty region does in
+    ``per_region_report``; a sample's pattern missing from ``order`` is an error); by default the
+    observed patterns, most modalities present first, which for fundus + OCT is
+    ``remd_core.data.missing.PATTERNS``. R^2 is NaN below 2 samples or for a constant label.
+    """
+    y, yhat = _pair(y, yhat)
+    names = np.asarray(patterns).astype(str).reshape(-1)
+    if names.shape != y.shape:
+        raise ValueError(f"{names.size} patterns for {y.size} samples")
+    observed = sorted(set(names.tolist()), key=_pattern_rank)
+    if order is None:
+        order = observed
+    else:
+        order = [str(p) for p in order]
+        unlisted = sorted(set(observed) - set(order))
+        if unlisted:
+            raise ValueError(f"pattern(s) {unlisted} of some samples are not in order {order}")
+        if "all" in order or len(set(order)) != len(order):
+            raise ValueError(f"order must list distinct patterns and not 'all' (the all-samples row), got {order}")
+    rows = []
+    for pattern in (*order, "all"):
+        m = np.ones(y.shape, bool) if pattern == "all" else names == pattern
+        ys, ps = y[m], yhat[m]
+        rows.append({"pattern": pattern, "n": int(m.sum()), "r2": r2(ys, ps), "mse": mse(ys, ps), "mae": mae(ys, ps)})
+    return pd.DataFrame(rows).set_index("pattern")
