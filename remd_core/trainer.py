@@ -75,17 +75,20 @@ from .models.evidential import predictive_interval
 from .models.evidential_regressor import (EVIDENTIAL_HEADS, EvidentialRegressor, evidential_losses,
                                           standardised_to_labels)
 from .models.multi_expert import MultiExpertRegressor
+from .models.simmlm import SimMLMRegressor, mofe_term
 from .imbalance.echomen import fit_expert_weights, multi_expert_loss
 from .imbalance.lds import LabelBins, lds_weights, weighted_mse
 from .imbalance.objectives import (CONTRASTIVE_LOSSES, CONTRASTIVE_WEIGHTS, NEEDS_TWO_VIEWS, OFFICIAL_VIEWS,
                                    contrastive_term)
 from .optim import Losses, NonFiniteError, RunInfo, build_strategy
-from .transforms import LABELS, PRESENT, SECOND_VIEW, drop_modalities, prepare_inputs, to_device
+from .transforms import DRAW_SEED, LABELS, PRESENT, SECOND_VIEW, drop_modalities, prepare_inputs, to_device
 
 SUBSETS = ("all", "head", "tail", "few")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "float32", "bf16", "float64")
-HEADS = ("linear", *EVIDENTIAL_HEADS, "echomen")
+HEADS = ("linear", *EVIDENTIAL_HEADS, "echomen", "simmlm")
+OWN_LOSS_HEADS = (*EVIDENTIAL_HEADS, "echomen")  # their loss replaces regression_loss
+DRAWING_HEADS = ("simmlm",)  # heads whose loss draws random numbers (each batch gets a seed from fit's generator)
 
 
 @dataclass
@@ -165,10 +168,12 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.head != "linear" and (self.contrastive or self.regression_loss != "mse" or self.lds or self.fds):
-            raise ValueError(f"the {self.head} head trains on its own loss: it takes no contrastive term, no "
-                             f"regression_loss and no LDS or FDS (got contrastive={self.contrastive}, "
-                             f"regression_loss={self.regression_loss!r}, lds={self.lds}, fds={self.fds})")
+        if self.head != "linear" and (self.contrastive or self.lds or self.fds):
+            raise ValueError(f"the {self.head} head has no projections or feature statistics: it takes no contrastive "
+                             f"term, LDS or FDS (got contrastive={self.contrastive}, lds={self.lds}, fds={self.fds})")
+        if self.head in OWN_LOSS_HEADS and self.regression_loss != "mse":
+            raise ValueError(f"the {self.head} head trains on its own loss, not regression_loss "
+                             f"{self.regression_loss!r}")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if not self.label_bin_width > 0:
@@ -316,6 +321,8 @@ def build_model(dataset: MultimodalDataset, config: TrainConfig, device: torch.d
             model = MultimodalRegressor(dataset.spec, modalities, config.encoder, fds_bins=bins)
         elif config.head == "echomen":
             model = MultiExpertRegressor(dataset.spec, modalities, config.encoder)
+        elif config.head == "simmlm":
+            model = SimMLMRegressor(dataset.spec, modalities, config.encoder)
         else:
             model = EvidentialRegressor(dataset.spec, modalities, config.encoder,
                                         confidence_weight=EVIDENTIAL_HEADS[config.head])
@@ -365,6 +372,8 @@ class Objective:
                                                  self.device, self.dtype)
         if self.config.fds:  # FDS calibrates each training sample with the statistics of its MD bin
             inputs[LABELS] = to_device(batch["y"], self.device)
+        if self.config.head in DRAWING_HEADS:  # from fit's generator, so a resumed run draws the same
+            inputs[DRAW_SEED] = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         return inputs, to_device((batch["y"] - self.label_mean) / self.label_std, self.device).to(self.dtype)
 
     def closure(self, model: MultimodalRegressor, inputs: dict, target: torch.Tensor,
@@ -385,6 +394,15 @@ class Objective:
                 o = out["experts"]
                 return Losses(fused=multi_expert_loss(o.experts.to(dtype), o.gate.to(dtype), target,
                                                       self.sample_weights(y_db))["loss"],
+                              features=out["features"], target=target)
+            if "router" in out:  # SimMLM: the regression loss, plus MoFe's fewer-modality copy and ranking term
+                draws = torch.Generator().manual_seed(inputs.get(DRAW_SEED, cfg.seed))
+                ranking, info = mofe_term(model, inputs, target, out, draws)
+                extra = ranking
+                if info["out_fewer"] is not None:  # the official task loss covers both copies of a pair
+                    paired = info["has_pair"].to(target.device)
+                    extra = extra + self.loss_fn(info["out_fewer"]["fused"][paired].to(dtype), target[paired])
+                return Losses(fused=self.loss_fn(out["fused"].to(dtype), target), extra=extra,
                               features=out["features"], target=target)
             if "evidential" in out:
                 fused, unimodal, extra = evidential_losses(out["evidential"], target, model.confidence_weight,

@@ -15,6 +15,8 @@ PRESENT = "present"
 """The key of the per-sample modality mask, in a sample-format batch and in a model's inputs."""
 LABELS = "labels"
 """The key of the batch's labels (MD in dB) in a model's inputs, for models that read them in training (FDS)."""
+DRAW_SEED = "draw_seed"
+"""The key of a per-batch seed (an int) for models whose loss draws random numbers (SimMLM's pairs)."""
 SECOND_VIEW = "second_view"
 """The key of a second augmented view of the batch in a model's inputs (two-view contrastive terms)."""
 IMAGE_MEAN = 0.4

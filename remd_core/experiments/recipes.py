@@ -50,6 +50,7 @@ class Recipe:
     head: str | None = None            # the model's head (TrainConfig.head); None: the base config's
     encoder: tuple = ()                # EncoderConfig overrides as (key, value) pairs (a 3-D OCT model)
     regulariser: str | None = None     # a contrastive loss added in the (last) stage: "conr"
+    settings: tuple = ()               # other TrainConfig settings of the (last) stage, as (key, value) pairs
 
 
 FUSION_RECIPES = {
@@ -104,13 +105,20 @@ FUSION_RECIPES = {
     "am-naive-fusion": Recipe("am-naive-fusion", "AM stage 1, then naive fusion (Table 2 w/o SGM, fusion row)", "adaptive",
                               options=(("unimodal_weight", 0.0),)),
     "am-mmpareto": Recipe("am-mmpareto", "AM stage 1, then MMPareto (Table 2 AM w/ MP)", "adaptive", "mmpareto"),
+    # missing modalities (notebook 05): a training-time baseline and the two systems of the source papers
+    "naive-fusion-dropout": Recipe("naive-fusion-dropout", "naive fusion with modality dropout 0.3 in training "
+                                   "(a missing-modality baseline)", options=(("unimodal_weight", 0.0),),
+                                   settings=(("modality_dropout", 0.3),)),
+    "simmlm": Recipe("simmlm", "SimMLM (Li et al. 2025): dynamic mixture of modality experts with the MoFe "
+                     "ranking loss", options=(("unimodal_weight", 0.0),), head="simmlm"),
     "pretrained-naive-fusion": Recipe("pretrained-naive-fusion", "control, not in the paper: stage 1 without the "
                                       "contrastive term (plain unimodal pretraining), then naive fusion", "plain",
                                       options=(("unimodal_weight", 0.0),)),
 }
 COMPARATOR_STAGE1 = ("simclr", "rnc", "echomen")
 CONTROL_RECIPES = ("pretrained-naive-fusion",)
-NOT_IN_PAPER = (*CONTROL_RECIPES, "rnc")
+MISSING_RECIPES = ("naive-fusion-dropout", "simmlm")
+NOT_IN_PAPER = (*CONTROL_RECIPES, "rnc", *MISSING_RECIPES)
 PAPER_RECIPES = ("unimodal-fundus", "unimodal-oct", *(r for r in FUSION_RECIPES if r not in NOT_IN_PAPER))
 
 
@@ -224,7 +232,7 @@ def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir
         init = {m: path for m, path in init.items() if m == r.modality}
     config = replace(base, modalities=modalities, strategy=r.strategy, strategy_options=options,
                      init_encoders=init, head=r.head or base.head, contrastive=r.regulariser is not None,
-                     contrastive_loss=r.regulariser or base.contrastive_loss,
+                     contrastive_loss=r.regulariser or base.contrastive_loss, **dict(r.settings),
                      encoder=replace(base.encoder, **dict(r.encoder)))
     result = fit(dataset, config, progress=progress, checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None,
                  checkpoint_every=checkpoint_every)

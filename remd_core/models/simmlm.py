@@ -18,10 +18,9 @@ How the trainer uses it (``mofe_term`` does steps 2-4 in one call)::
 
     out = model(inputs)                                    # 1. regression loss on out["fused"]
     fewer, has_pair = fewer_subset(inputs[PRESENT], gen)   # 2. the fewer copy's mask
-    sub = with_present(inputs, fewer, model.modalities, rows=has_pair)
-    out_fewer = model(sub)                                 # 3. same inputs, fewer modalities
+    out_fewer = model(with_present(inputs, fewer, model.modalities))   # 3. same inputs, fewer modalities
     loss = loss + mofe_loss(per_sample_error(out["fused"][has_pair], y[has_pair]),
-                            per_sample_error(out_fewer["fused"], y[has_pair]))   # 4.
+                            per_sample_error(out_fewer["fused"][has_pair], y[has_pair]))   # 4.
 
 What the official code does (the authors' release, read in the copy stored as Tony-Khor/simmlm:
 ``models/dmome.py``, ``loss/blended_loss.py``, ``dataset/processors.py``,
@@ -262,15 +261,18 @@ def mofe_term(model: SimMLMRegressor, inputs: Mapping, target: torch.Tensor, out
               generator: torch.Generator | None = None, *, weight: float = MOFE_WEIGHT,
               kind: str = "squared") -> tuple[torch.Tensor, dict]:
     """The MoFe term of a batch: draw the fewer masks (``fewer_subset`` on the mask ``out`` used),
-    run ``model`` once more on the same inputs of the samples with a pair (``with_present``) and
-    compare per-sample errors with ``out["fused"]``. Returns ``(loss, info)``; ``info`` holds
-    ``has_pair`` [B], ``fewer`` [B, K] and ``out_fewer`` (the second forward, None without pairs)."""
+    run ``model`` once more on the same inputs with those masks (``with_present``) and compare
+    per-sample errors with ``out["fused"]`` on the samples with a pair. The second forward runs on the
+    whole batch (a sample without a pair keeps its own mask and is left out of the loss), so a
+    training-mode BatchNorm never meets a batch of one pair. Returns ``(loss, info)``; ``info`` holds
+    ``has_pair`` [B], ``fewer`` [B, K] and ``out_fewer`` (the second forward, every sample of the
+    batch; None without pairs)."""
     fewer, has_pair = fewer_subset(out["present"], generator)
     if not bool(has_pair.any()):
         return out["fused"].sum() * 0.0, {"has_pair": has_pair, "fewer": fewer, "out_fewer": None}
-    out_fewer = model(with_present(inputs, fewer, model.modalities, rows=has_pair))
+    out_fewer = model(with_present(inputs, fewer, model.modalities))
     rows = has_pair.to(out["fused"].device)
     y = target[rows.to(target.device)].to(out["fused"].device)
     loss = mofe_loss(per_sample_error(out["fused"][rows], y, kind),
-                     per_sample_error(out_fewer["fused"], y, kind), weight)
+                     per_sample_error(out_fewer["fused"][rows], y, kind), weight)
     return loss, {"has_pair": has_pair, "fewer": fewer, "out_fewer": out_fewer}
