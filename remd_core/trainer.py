@@ -75,6 +75,7 @@ from .models.evidential import predictive_interval
 from .models.evidential_regressor import (EVIDENTIAL_HEADS, EvidentialRegressor, evidential_losses,
                                           standardised_to_labels)
 from .models.multi_expert import MultiExpertRegressor
+from .models.rima import RIMARegressor, rima_alignment_loss
 from .models.simmlm import SimMLMRegressor, mofe_term
 from .imbalance.echomen import fit_expert_weights, multi_expert_loss
 from .imbalance.lds import LabelBins, lds_weights, weighted_mse
@@ -86,9 +87,9 @@ from .transforms import DRAW_SEED, LABELS, PRESENT, SECOND_VIEW, drop_modalities
 SUBSETS = ("all", "head", "tail", "few")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "float32", "bf16", "float64")
-HEADS = ("linear", *EVIDENTIAL_HEADS, "echomen", "simmlm")
+HEADS = ("linear", *EVIDENTIAL_HEADS, "echomen", "simmlm", "rima")
 OWN_LOSS_HEADS = (*EVIDENTIAL_HEADS, "echomen")  # their loss replaces regression_loss
-DRAWING_HEADS = ("simmlm",)  # heads whose loss draws random numbers (each batch gets a seed from fit's generator)
+DRAWING_HEADS = ("simmlm", "rima")  # heads whose loss draws random numbers (each batch gets a seed from fit's generator)
 
 
 @dataclass
@@ -323,6 +324,8 @@ def build_model(dataset: MultimodalDataset, config: TrainConfig, device: torch.d
             model = MultiExpertRegressor(dataset.spec, modalities, config.encoder)
         elif config.head == "simmlm":
             model = SimMLMRegressor(dataset.spec, modalities, config.encoder)
+        elif config.head == "rima":
+            model = RIMARegressor(dataset.spec, modalities, config.encoder)
         else:
             model = EvidentialRegressor(dataset.spec, modalities, config.encoder,
                                         confidence_weight=EVIDENTIAL_HEADS[config.head])
@@ -403,6 +406,12 @@ class Objective:
                     paired = info["has_pair"].to(target.device)
                     extra = extra + self.loss_fn(info["out_fewer"]["fused"][paired].to(dtype), target[paired])
                 return Losses(fused=self.loss_fn(out["fused"].to(dtype), target), extra=extra,
+                              features=out["features"], target=target)
+            if "rima" in out:  # RIMA: the regression loss plus its class-wise alignment (weight 1, official)
+                draws = torch.Generator().manual_seed(inputs.get(DRAW_SEED, cfg.seed))
+                md_db = (target.detach() * self.label_std + self.label_mean).cpu()
+                return Losses(fused=self.loss_fn(out["fused"].to(dtype), target),
+                              extra=rima_alignment_loss(model, out, md_db, draws),
                               features=out["features"], target=target)
             if "evidential" in out:
                 fused, unimodal, extra = evidential_losses(out["evidential"], target, model.confidence_weight,

@@ -26,7 +26,7 @@ from ..trainer import TrainConfig, predict
 from .recipes import run_recipe
 
 TEST_RATES = (0.0, 0.3, 0.5, 0.7)
-METHODS = ("naive-fusion", "naive-fusion-dropout", "re-m3dr", "eyemost", "simmlm")
+METHODS = ("naive-fusion", "naive-fusion-dropout", "re-m3dr", "eyemost", "simmlm", "rima")
 """Zero-filling baselines (naive fusion, the same with modality dropout, Re-M3Dr), EyeMoSt (fuses the
 modalities an eye has by construction) and the two missing-modality systems of the source papers."""
 
@@ -115,6 +115,25 @@ def router_weights(result, dataset: MultimodalDataset) -> pd.DataFrame | None:
     return frame.groupby("region", sort=False).mean()
 
 
+def rima_coupling(result, dataset: MultimodalDataset, eyes: int = 16) -> dict:
+    """RIMA's labelled coupling between the fundus and OCT features of the first ``eyes`` test eyes of
+    a trained model (the picture of notebook 05), eyes sorted by glaucoma stage: ``coupling``
+    ``[n, n]`` (fundus rows, OCT columns) and each eye's ``stage``."""
+    from ..models.rima import rima_alignment_loss
+    from ..transforms import prepare_inputs
+
+    model, test = result.model, dataset.test
+    order = torch.argsort(test.stage[:eyes], stable=True)
+    batch = test.batch(order)
+    model.eval()
+    with torch.no_grad():
+        inputs = prepare_inputs(batch, model.modalities, dataset.spec.kinds, augment=False, device=_device(model),
+                                dtype=model.dtype)
+        _, info = rima_alignment_loss(model, model(inputs), batch["y"].double(), torch.Generator().manual_seed(0),
+                                      refresh_projection=False, details=True)
+    return {"coupling": np.asarray(info["coupling"]).round(6).tolist(), "stage": [int(s) for s in info["stages"]]}
+
+
 def run_cell(method: str, dataset: MultimodalDataset, base: TrainConfig, train_missing: float, seed: int,
              folder: Path, progress: bool = False, rates=TEST_RATES) -> dict:
     """Train ``method`` with ``train_missing`` (each modality missing at that rate in training and
@@ -137,6 +156,8 @@ def run_cell(method: str, dataset: MultimodalDataset, base: TrainConfig, train_m
                                                                           val="none")))
     if weights is not None:
         cell["router"] = weights.reset_index().to_dict("records")
+    if method == "rima":
+        cell["coupling"] = rima_coupling(result, dataset)
     write_json(path, cell)
     return cell
 

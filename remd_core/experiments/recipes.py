@@ -111,13 +111,15 @@ FUSION_RECIPES = {
                                    settings=(("modality_dropout", 0.3),)),
     "simmlm": Recipe("simmlm", "SimMLM (Li et al. 2025): dynamic mixture of modality experts with the MoFe "
                      "ranking loss", options=(("unimodal_weight", 0.0),), head="simmlm"),
+    "rima": Recipe("rima", "RIMA: labelled optimal-transport alignment of fundus and OCT, asymmetric fusion, an "
+                   "absent modality predicted from the present one", options=(("unimodal_weight", 0.0),), head="rima"),
     "pretrained-naive-fusion": Recipe("pretrained-naive-fusion", "control, not in the paper: stage 1 without the "
                                       "contrastive term (plain unimodal pretraining), then naive fusion", "plain",
                                       options=(("unimodal_weight", 0.0),)),
 }
 COMPARATOR_STAGE1 = ("simclr", "rnc", "echomen")
 CONTROL_RECIPES = ("pretrained-naive-fusion",)
-MISSING_RECIPES = ("naive-fusion-dropout", "simmlm")
+MISSING_RECIPES = ("naive-fusion-dropout", "simmlm", "rima")
 NOT_IN_PAPER = (*CONTROL_RECIPES, "rnc", *MISSING_RECIPES)
 PAPER_RECIPES = ("unimodal-fundus", "unimodal-oct", *(r for r in FUSION_RECIPES if r not in NOT_IN_PAPER))
 
