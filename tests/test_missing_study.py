@@ -90,3 +90,5 @@ def test_a_study_cell_is_written_once_and_read_back(dataset, tmp_path):
     assert again == cell and path.stat().st_mtime_ns == stamp
     table = missing_study.curves_table([cell])
     assert table.loc[("simmlm", 0.5, "oct", 0.0), "r2_mean"] == pytest.approx(cell["curves"][0]["r2"])
+    with pytest.raises(ValueError, match="other settings"):
+        missing_study.run_cell("simmlm", dataset, replace(BASE, lr=2e-3), 0.5, 0, tmp_path, rates=(0.0, 0.5))

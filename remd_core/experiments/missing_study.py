@@ -6,12 +6,13 @@ missing at each rate of ``TEST_RATES``, on every missing pattern, and on the "mo
 principle that SimMLM's MoFe loss enforces: the share of test eyes whose error grows when a modality
 is added (with both modalities against each one alone). Every trained cell's numbers are written to
 ``<folder>/<key>.json`` as soon as it finishes, and a rerun skips finished cells, so an interrupted
-study loses no finished work.
+study loses no finished work (a finished cell of other settings is refused, not reused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from .. import metrics
 from ..data.format import MultimodalDataset, MultimodalSplit
 from ..data.missing import PATTERNS, MissingConfig, missing_pattern, with_missing
 from ..files import read_json, write_json
+from ..paths import display_path
 from ..trainer import TrainConfig, predict
 from .recipes import run_recipe
 
@@ -140,15 +142,20 @@ def run_cell(method: str, dataset: MultimodalDataset, base: TrainConfig, train_m
     validation) at ``seed`` and evaluate it; the result is read from ``folder`` when already there."""
     key = f"{method}__train{train_missing:g}__seed{seed}"
     path = Path(folder) / f"{key}.json"
-    done = read_json(path, required=("curves",))
+    settings = json.loads(json.dumps({"data": dataclasses.asdict(dataset.config), "train": dataclasses.asdict(base),
+                                      "rates": list(rates)}, default=str))
+    done = read_json(path, required=("curves", "settings"))
     if done is not None:
+        if done["settings"] != settings:
+            raise ValueError(f"{display_path(path)} was computed with other settings (data, training or test "
+                             f"rates); use another folder, or remove it to recompute")
         return done
     names = dataset.spec.modality_names
     train_data = with_missing(dataset, MissingConfig(train={m: train_missing for m in names}, seed=seed)) \
         if train_missing else dataset
     config = dataclasses.replace(base, seed=seed)
     _, result = run_recipe(method, train_data, config, Path(folder) / "work", progress=progress)
-    cell = {"method": method, "train_missing": train_missing, "seed": seed,
+    cell = {"method": method, "train_missing": train_missing, "seed": seed, "settings": settings,
             "curves": rate_curves(result, dataset, rates, seed), "mofe": more_is_never_worse(result, dataset),
             "patterns": pattern_table(result, with_missing(dataset, MissingConfig(
                 test={m: 0.3 for m in names}, seed=seed, val="none")))}
