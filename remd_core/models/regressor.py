@@ -17,7 +17,7 @@ from torch import nn
 from ..data.format import DatasetSpec
 from ..imbalance.fds import FDS
 from ..imbalance.lds import LabelBins
-from ..transforms import LABELS
+from ..transforms import LABELS, PRESENT
 from .encoders import EncoderConfig, build_encoder
 
 
@@ -43,6 +43,24 @@ class ModalityEncoders(nn.Module):
         """``{modality: [B, F]}``: each encoder on its input, cast to the weights' dtype (a float64
         model, for CPU regression checks, takes the float32 batches of the data sets)."""
         return {m: self.encoders[m](inputs[m].to(self.dtype)) for m in self.modalities}
+
+    def present_mask(self, present: torch.Tensor | None, batch: int, device, why: str) -> torch.Tensor:
+        """The per-sample modality mask as bool ``[B, K]`` in ``self.modalities`` order (all True when
+        ``present`` is None), checked for shape; a ``ValueError`` names the batch positions of samples
+        with no modality present, and says ``why`` the model needs one."""
+        k = len(self.modalities)
+        if present is None:
+            return torch.ones(batch, k, dtype=torch.bool, device=device)
+        present = torch.as_tensor(present, device=device).bool()
+        if tuple(present.shape) != (batch, k):
+            raise ValueError(f"inputs[{PRESENT!r}] must be bool [B, K] = {(batch, k)} in the order {self.modalities}, "
+                             f"got {tuple(present.shape)}")
+        none = (~present.any(dim=1)).nonzero().flatten().tolist()
+        if none:
+            raise ValueError(f"{type(self).__name__}: the samples at batch positions {none[:20]}"
+                             f"{' ...' if len(none) > 20 else ''} have no present modality (of {self.modalities}); "
+                             f"{why}: drop them from the batch")
+        return present
 
     def encoder_parameters(self):
         """Parameters shared between the fused and the unimodal objectives."""

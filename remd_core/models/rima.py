@@ -160,29 +160,13 @@ class RIMARegressor(ModalityEncoders):
         self.register_buffer("feature_projection", torch.full((d_o, d_f), 1.0 / d_o))
         self.epsilon, self.max_iter = float(epsilon), int(max_iter)
 
-    def present(self, inputs: Mapping, batch: int, device) -> torch.Tensor:
-        """``inputs[PRESENT]`` as bool ``[B, 2]`` in ``self.modalities`` order (all True when missing);
-        ``ValueError`` naming the batch positions of eyes with no modality present."""
-        present = inputs.get(PRESENT)
-        if present is None:
-            return torch.ones(batch, len(self.modalities), dtype=torch.bool, device=device)
-        present = torch.as_tensor(present, device=device).bool()
-        if tuple(present.shape) != (batch, len(self.modalities)):
-            raise ValueError(f"inputs[{PRESENT!r}] must be bool [B, K] = {(batch, len(self.modalities))} in the order "
-                             f"{self.modalities}, got {tuple(present.shape)}")
-        none = (~present.any(dim=1)).nonzero().flatten().tolist()
-        if none:
-            raise ValueError(f"RIMA: the eyes at batch positions {none[:20]}{' ...' if len(none) > 20 else ''} have no "
-                             f"modality present (of {self.modalities}); a missing modality is predicted from the "
-                             f"present one, so each eye needs at least one: drop them from the batch")
-        return present
-
     def fuse(self, features: Mapping[str, torch.Tensor], present: torch.Tensor | None = None) -> dict:
         """The fusion from the encoders' features (module docstring): a dict with ``fused`` ``[B]`` and
         the intermediate tensors (``present``, ``fundus`` and ``oct``: the features after replacement,
         ``oct_from_fundus``, ``fundus_from_oct``, ``projected_oct``, ``fundus_side``, ``oct_side``)."""
         f, o = features["fundus"], features["oct"]
-        present = self.present({} if present is None else {PRESENT: present}, f.shape[0], f.device)
+        present = self.present_mask(present, f.shape[0], f.device, "a missing modality is predicted from the "
+                                    "present one, so each eye needs at least one")
         has_f = present[:, self.modalities.index("fundus")].unsqueeze(1)
         has_o = present[:, self.modalities.index("oct")].unsqueeze(1)
         if not bool(present.all()):

@@ -111,23 +111,7 @@ def _mlp(d_in: int, d_out: int, hidden: int | None) -> nn.Module:
     return nn.Sequential(nn.Linear(d_in, int(hidden)), nn.ReLU(inplace=True), nn.Linear(int(hidden), d_out))
 
 
-def present_mask(inputs: Mapping, modalities: tuple[str, ...], batch: int, device) -> torch.Tensor:
-    """``inputs[PRESENT]`` as bool ``[B, K]`` (all True when absent from ``inputs``), checked for shape;
-    raises ``ValueError`` naming the batch positions of samples with no present modality."""
-    present = inputs.get(PRESENT)
-    k = len(modalities)
-    if present is None:
-        return torch.ones(batch, k, dtype=torch.bool, device=device)
-    present = torch.as_tensor(present, device=device).bool()
-    if tuple(present.shape) != (batch, k):
-        raise ValueError(f"inputs[{PRESENT!r}] must be bool [B, K] = {(batch, k)} in the order {modalities}, "
-                         f"got {tuple(present.shape)}")
-    none = (~present.any(dim=1)).nonzero().flatten().tolist()
-    if none:
-        raise ValueError(f"SimMLM: the samples at batch positions {none[:20]}{' ...' if len(none) > 20 else ''} "
-                         f"have no present modality (of {modalities}); the mixture's softmax over -inf logits "
-                         f"would be NaN: drop them from the batch")
-    return present
+NONE_PRESENT = "the mixture's softmax over -inf logits would be NaN"
 
 
 class SimMLMRegressor(ModalityEncoders):
@@ -152,7 +136,7 @@ class SimMLMRegressor(ModalityEncoders):
         (``w_m * expert_m``, exactly 0 where absent), ``fused`` [B] (their sum) and ``present``."""
         first = features[self.modalities[0]]
         batch = first.shape[0]
-        mask = present_mask({} if present is None else {PRESENT: present}, self.modalities, batch, first.device)
+        mask = self.present_mask(present, batch, first.device, NONE_PRESENT)
         experts = {m: self.experts[m](features[m]).squeeze(-1) for m in self.modalities}
         routed = torch.cat([features[m] * mask[:, j:j + 1].to(features[m].dtype)
                             for j, m in enumerate(self.modalities)], dim=-1)
@@ -174,7 +158,7 @@ class SimMLMRegressor(ModalityEncoders):
         {m: [B, D]} (the encoders' own), ``router`` (the weights [B, K]), ``router_logits`` and
         ``present`` (the mask used). Raises ``ValueError`` for a sample with no present modality."""
         batch = inputs[self.modalities[0]].shape[0]
-        present = present_mask(inputs, self.modalities, batch, inputs[self.modalities[0]].device)
+        present = self.present_mask(inputs.get(PRESENT), batch, inputs[self.modalities[0]].device, NONE_PRESENT)
         features = self.encode(inputs)
         mix = self.mixture(features, present)
         return {"fused": mix["fused"], "unimodal": mix["experts"], "features": features,
