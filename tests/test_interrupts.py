@@ -30,11 +30,19 @@ COMPARE_DATA = ["--data", "n_eyes=80", "image_size=32", "oct_size=32", "n_bscans
 
 
 
+def _as_in_a_terminal():
+    """The command as a terminal starts it: SIGINT at its default disposition. A test session started in
+    the background of a non-interactive shell (``... &``) inherits SIGINT ignored, which Python keeps
+    ignored (it installs its KeyboardInterrupt handler only over the default), so Ctrl-C would not reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], outputs: Path) -> subprocess.Popen:
     """``remd ARGS`` in its own session (so a signal to its group reaches it and its workers only)."""
     env = {**os.environ, "REMD_OUTPUTS": str(outputs), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "remd_core", *args], cwd=REPO_ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=_as_in_a_terminal)
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 240):
