@@ -439,7 +439,6 @@ class Objective:
             return losses
         return compute
 
-
     def regression(self, target: torch.Tensor) -> Callable:
         """The regression loss of a batch: ``loss_fn``, or with ``config.lds`` the MSE weighted by the
         LDS weights of the batch's labels."""
