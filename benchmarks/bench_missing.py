@@ -71,7 +71,7 @@ components. Host reads: one more step per row with ``Tensor.item``, ``tolist``, 
 once; every row prepares them with its own objective from the same seed.
 
 Writes ``outputs/bench/missing-<device>.json`` and ``.md`` and prints the tables. The timing parts
-come from ``benchmarks/stepbench`` (``Workload``, ``Runner``, ``StrategySpec``, ``host_reads_per_step``,
+come from ``benchmarks/stepbench`` (``ConfigWorkload``, ``Runner``, ``StrategySpec``, ``host_reads_per_step``,
 ``summarise``).
 
     .venv/bin/python benchmarks/bench_missing.py                 # defaults (30 rounds), about 3 min here
@@ -112,15 +112,13 @@ import remd_core.models.rima as rima_module  # noqa: E402
 from remd_core.data import load  # noqa: E402
 from remd_core.data.missing import MissingConfig, with_missing  # noqa: E402
 from remd_core.experiments.provenance import git_revision  # noqa: E402
-from remd_core.files import write_json  # noqa: E402
 from remd_core.models import EncoderConfig  # noqa: E402
 from remd_core.models import rima_ot  # noqa: E402
-from remd_core.paths import outputs_dir  # noqa: E402
-from remd_core.trainer import TrainConfig, build_model, build_objective, resolve_device  # noqa: E402
-from stepbench.inputs import Workload  # noqa: E402
+from remd_core.trainer import TrainConfig, resolve_device  # noqa: E402
+from stepbench.inputs import ConfigWorkload  # noqa: E402
 from stepbench.measure import host_reads_per_step  # noqa: E402
-from stepbench.report import device_name, device_tag, log, summarise  # noqa: E402
-from stepbench.strategies import Runner, StrategySpec  # noqa: E402
+from stepbench.report import device_name, log, run_and_write, summarise  # noqa: E402
+from stepbench.strategies import ComponentTimer, Runner, StrategySpec  # noqa: E402
 
 MARGIN = 0.4
 STRATEGY, STRATEGY_OPTIONS = "joint", {"unimodal_weight": 0.0}
@@ -171,23 +169,9 @@ rima_module.labelled_gw_coupling = _timed_gw   # the name rima_alignment_loss lo
 
 # --- the workloads ----------------------------------------------------------------------------------
 
-class HeadWork(Workload):
-    """One fusion model with ``TrainConfig(head=...)`` and its objective as ``fit`` builds them, and the
-    pool's batches prepared by that objective; quacks like ``stepbench.inputs.Workload`` for ``Runner``."""
-
-    def __init__(self, dataset, config: TrainConfig, raw_batches: list[dict], device: torch.device, seed: int = 0):
-        self.dataset, self.batch_size, self.device = dataset, config.batch_size, device
-        self.cuda = device.type == "cuda"
-        self.config = config
-        torch.manual_seed(seed)  # the same initial weights for every row of a head
-        self.model = build_model(dataset, config, device)
-        self.objective = build_objective(dataset, config, device)
-        generator = torch.Generator().manual_seed(seed + 1)
-        self.batches = [self.objective.prepare(b, generator) for b in raw_batches]
-
-    def closure(self, model, i: int):
-        inputs, target = self.batches[i % len(self.batches)]
-        return self.objective.closure(model, inputs, target, margin=MARGIN)
+class HeadWork(ConfigWorkload):
+    """One fusion model with ``TrainConfig(head=...)`` and its objective as ``fit`` builds them (the same
+    initial weights for every row of a head), and the plain loss its F and B are timed on."""
 
     def plain_loss(self, model, i: int) -> torch.Tensor:
         """One forward with its graph and the head's loss without extras (for F and B)."""
@@ -197,22 +181,9 @@ class HeadWork(Workload):
         return self.objective.closure(model, inputs, target, margin=MARGIN)().total(STRATEGY_OPTIONS["unimodal_weight"])
 
 
-class FBOTimer:
-    """F, B and O of one head's model (its own copy and AdamW), one sample per visit."""
-
-    def __init__(self, work: HeadWork):
-        self.work = work
-        self.model = copy.deepcopy(work.model)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=1e-4)
-        self.samples = {"forward": [], "backward": [], "optimizer": []}
-        self.t = 0
-
-    def _time(self, fn):
-        self.work.sync()
-        start = time.perf_counter()
-        out = fn()
-        self.work.sync()
-        return time.perf_counter() - start, out
+class FBOTimer(ComponentTimer):
+    """F, B and O of one head's model (``stepbench``'s timer: its own copy and AdamW), timed on the head's
+    plain loss, one sample per timed visit."""
 
     def visit(self, timed: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -220,8 +191,8 @@ class FBOTimer:
         b, _ = self._time(loss.backward)
         o, _ = self._time(self.optimizer.step)
         self.t += 1
-        if timed:
-            for k, v in zip(("forward", "backward", "optimizer"), (f, b, o)):
+        if timed:  # G and E are in no floor here
+            for k, v in zip(self.KEYS, (f, b, 0.0, o, 0.0)):
                 self.samples[k].append(v)
 
 
@@ -341,13 +312,14 @@ def run(args) -> dict:
     for variant in ("both", "missing"):
         for head in HEADS:
             work = HeadWork(dataset, config_for(head, encoder, args.batch_size, device), raw[variant], device,
-                            args.seed)
+                            args.seed, margin=MARGIN)
             rows.append(Row(head, variant, args.batch_size, work))
             if variant == "both":
                 timers[head] = FBOTimer(work)
     if args.small_batch:
         for head in SMALL_BATCH_HEADS:
-            work = HeadWork(dataset, config_for(head, encoder, args.small_batch, device), raw_small, device, args.seed)
+            work = HeadWork(dataset, config_for(head, encoder, args.small_batch, device), raw_small, device, args.seed,
+                            margin=MARGIN)
             rows.append(Row(head, "both", args.small_batch, work))
     log(f"built {len(rows)} rows and {len(timers)} component timers on {device}; parameters: "
         + ", ".join(f"{h} {sum(p.numel() for p in timers[h].model.parameters())}" for h in HEADS))
@@ -490,21 +462,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    wall = time.perf_counter()
-    result = run(args)
-    result["meta"]["wall_s"] = time.perf_counter() - wall
-    out = Path(args.out) if args.out else outputs_dir() / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"missing-{device_tag(resolve_device(args.device))}"
-    text = markdown(result)
-    write_json(out / f"{stem}.json", result, indent=1)
-    (out / f"{stem}.md").write_text(text)
-    print()
-    print(text)
-    print(f"wrote {out / stem}.json and .md ({result['meta']['wall_s']:.0f} s)")
-    return result
+    return run_and_write(parse_args(argv), run, markdown, "missing")
 
 
 if __name__ == "__main__":

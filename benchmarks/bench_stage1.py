@@ -62,7 +62,7 @@ How it is measured (the house rules of ``make bench``, ``benchmarks/bench_steps.
   so the first view is the same augmented batch in every row.
 
 Writes ``outputs/bench/stage1-<device>.json`` and ``.md`` and prints the table. The timing parts come
-from ``benchmarks/stepbench`` (``Workload``, ``Runner``, ``StrategySpec``, ``ComponentTimer``,
+from ``benchmarks/stepbench`` (``ConfigWorkload``, ``Runner``, ``StrategySpec``, ``ComponentTimer``,
 ``host_reads_per_step``, ``count_host_reads``, ``summarise``).
 
     .venv/bin/python benchmarks/bench_stage1.py                  # defaults, about 3-4 min here
@@ -84,13 +84,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stepbench packag
 
 from remd_core.data import load  # noqa: E402
 from remd_core.experiments.provenance import git_revision  # noqa: E402
-from remd_core.files import write_json  # noqa: E402
 from remd_core.models import EncoderConfig  # noqa: E402
-from remd_core.paths import outputs_dir  # noqa: E402
-from remd_core.trainer import TrainConfig, build_model, build_objective, resolve_device, update_fds  # noqa: E402
-from stepbench.inputs import Workload  # noqa: E402
+from remd_core.trainer import TrainConfig, resolve_device, update_fds  # noqa: E402
+from stepbench.inputs import ConfigWorkload  # noqa: E402
 from stepbench.measure import count_host_reads, host_reads_per_step  # noqa: E402
-from stepbench.report import device_name, device_tag, log, summarise  # noqa: E402
+from stepbench.report import device_name, log, run_and_write, summarise  # noqa: E402
 from stepbench.strategies import ComponentTimer, Runner, StrategySpec  # noqa: E402
 
 MARGIN = 0.4
@@ -111,26 +109,6 @@ OBJECTIVES = (
 OCT_ENCODERS = ("3d", "egvfi", "sf3d")  # beside the default shared2d (OCT's plain row)
 
 
-class Stage1Work(Workload):
-    """One single-modality model and its objective as ``fit`` builds them, and the pool's batches
-    prepared by that objective; quacks like ``stepbench.inputs.Workload`` for ``Runner`` and
-    ``ComponentTimer``, with stage 1's margin in the closure."""
-
-    def __init__(self, dataset, config: TrainConfig, raw_batches: list[dict], device: torch.device, seed: int = 0):
-        self.dataset, self.batch_size, self.device = dataset, config.batch_size, device
-        self.cuda = device.type == "cuda"
-        self.config = config
-        torch.manual_seed(seed)  # the same initial weights for every row of a modality and encoder
-        self.model = build_model(dataset, config, device)
-        self.objective = build_objective(dataset, config, device)
-        generator = torch.Generator().manual_seed(seed + 1)
-        self.batches = [self.objective.prepare(b, generator) for b in raw_batches]
-
-    def closure(self, model, i: int):
-        inputs, target = self.batches[i % len(self.batches)]
-        return self.objective.closure(model, inputs, target, margin=MARGIN)
-
-
 class FBOTimer(ComponentTimer):
     """``stepbench``'s component timer with F, B and O only (G and E are not in these floors)."""
 
@@ -147,7 +125,7 @@ class FBOTimer(ComponentTimer):
 
 
 class Row:
-    def __init__(self, name: str, modality: str, model_key: str, work: Stage1Work, n_views: int, steps: int):
+    def __init__(self, name: str, modality: str, model_key: str, work: ConfigWorkload, n_views: int, steps: int):
         self.name, self.modality, self.model_key, self.work = name, modality, model_key, work
         self.spec = StrategySpec(name, STRATEGY, STRATEGY_OPTIONS, n_forward=n_views, n_backward=n_views, cycle=steps)
         self.runner = Runner(self.spec, work)
@@ -212,14 +190,15 @@ def run(args) -> dict:
     timers: dict[str, FBOTimer] = {}   # model key -> F, B, O on that model with the plain objective
     for modality in ("oct", "fundus"):
         for name, overrides, views in OBJECTIVES:
-            work = Stage1Work(dataset, config_for(modality, base, args.batch_size, device, **overrides), raw, device,
-                              args.seed)
+            work = ConfigWorkload(dataset, config_for(modality, base, args.batch_size, device, **overrides), raw, device,
+                                  args.seed, margin=MARGIN)
             rows.append(Row(name, modality, modality, work, views, args.steps))
             if name == "plain":
                 timers[modality] = FBOTimer(work)
     for enc in OCT_ENCODERS:
         encoder = EncoderConfig(arch=args.arch, width=args.width, oct_encoder=enc)
-        work = Stage1Work(dataset, config_for("oct", encoder, args.batch_size, device), raw, device, args.seed)
+        work = ConfigWorkload(dataset, config_for("oct", encoder, args.batch_size, device), raw, device, args.seed,
+                              margin=MARGIN)
         rows.append(Row(f"enc-{enc}", "oct", f"oct-{enc}", work, 1, args.steps))
         timers[f"oct-{enc}"] = FBOTimer(work)
     log(f"built {len(rows)} rows and {len(timers)} component timers on {device} "
@@ -361,21 +340,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    wall = time.perf_counter()
-    result = run(args)
-    result["meta"]["wall_s"] = time.perf_counter() - wall
-    out = Path(args.out) if args.out else outputs_dir() / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"stage1-{device_tag(resolve_device(args.device))}"
-    text = markdown(result)
-    write_json(out / f"{stem}.json", result, indent=1)
-    (out / f"{stem}.md").write_text(text)
-    print()
-    print(text)
-    print(f"wrote {out / stem}.json and .md ({result['meta']['wall_s']:.0f} s)")
-    return result
+    return run_and_write(parse_args(argv), run, markdown, "stage1")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,28 @@ class Workload:
             torch.cuda.synchronize(self.device)
 
 
+class ConfigWorkload(Workload):
+    """A workload from a whole ``TrainConfig`` (any head, stage-1 objective or training option) on given
+    raw batches, built as ``fit`` builds them: the same initial weights for every workload of one seed,
+    the raw batches prepared by its own objective (so every row times the same eyes), and the closure
+    with stage 1's current ``margin`` (used only by contrastive objectives)."""
+
+    def __init__(self, dataset, config: TrainConfig, raw_batches: list[dict], device: torch.device, seed: int = 0,
+                 margin: float = 0.4):
+        self.dataset, self.batch_size, self.device = dataset, config.batch_size, device
+        self.cuda = device.type == "cuda"
+        self.config, self.margin = config, margin
+        torch.manual_seed(seed)
+        self.model = build_model(dataset, config, device)
+        self.objective = build_objective(dataset, config, device)
+        generator = torch.Generator().manual_seed(seed + 1)
+        self.batches = [self.objective.prepare(b, generator) for b in raw_batches]
+
+    def closure(self, model, i: int):
+        inputs, target = self.batches[i % len(self.batches)]
+        return self.objective.closure(model, inputs, target, margin=self.margin)
+
+
 def loader_throughput(work: Workload, max_batches: int) -> dict:
     """Samples per second of the trainer's data path: gather, augment, normalise, move."""
     train = work.dataset.train

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,29 @@ def device_name(device: torch.device) -> str:
     except (OSError, StopIteration):
         pass
     return f"{model}, {os.cpu_count()} cores"
+
+
+def run_and_write(args, run, markdown_of, name: str) -> dict:
+    """A benchmark script's ``main``: ``run(args)`` on ``args.threads`` torch threads, timed, then its table
+    (``markdown_of(result)``) printed and written with the result to ``<out>/<name>-<device>.json`` and
+    ``.md`` (``args.out``, default ``outputs/bench``)."""
+    from remd_core.paths import outputs_dir
+    from remd_core.trainer import resolve_device
+
+    torch.set_num_threads(args.threads)
+    wall = time.perf_counter()
+    result = run(args)
+    result["meta"]["wall_s"] = time.perf_counter() - wall
+    out = Path(args.out) if args.out else outputs_dir() / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}-{device_tag(resolve_device(args.device))}"
+    text = markdown_of(result)
+    write_json(out / f"{stem}.json", result, indent=1)
+    (out / f"{stem}.md").write_text(text)
+    print()
+    print(text)
+    print(f"wrote {out / stem}.json and .md ({result['meta']['wall_s']:.0f} s)")
+    return result
 
 
 def write_outputs(result: dict, out: Path, stem: str) -> tuple[Path, Path]:
