@@ -155,12 +155,11 @@ def run_cell(method: str, dataset: MultimodalDataset, base: TrainConfig, train_m
         if train_missing else dataset
     config = dataclasses.replace(base, seed=seed)
     _, result = run_recipe(method, train_data, config, Path(folder) / "work", progress=progress)
+    mixed = with_missing(dataset, MissingConfig(test={m: 0.3 for m in names}, seed=seed, val="none"))
     cell = {"method": method, "train_missing": train_missing, "seed": seed, "settings": settings,
             "curves": rate_curves(result, dataset, rates, seed), "mofe": more_is_never_worse(result, dataset),
-            "patterns": pattern_table(result, with_missing(dataset, MissingConfig(
-                test={m: 0.3 for m in names}, seed=seed, val="none")))}
-    weights = router_weights(result, with_missing(dataset, MissingConfig(test={m: 0.3 for m in names}, seed=seed,
-                                                                          val="none")))
+            "patterns": pattern_table(result, mixed)}
+    weights = router_weights(result, mixed)
     if weights is not None:
         cell["router"] = weights.reset_index().to_dict("records")
     if method == "rima":
