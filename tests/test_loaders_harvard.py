@@ -44,7 +44,6 @@ def write_fairvision(root: Path, **kw) -> Path:
         for eye in ids:
             np.savez_compressed(folder / f"{eye}.npz", **eye_arrays(eye, **kw))
             (folder / f"slo_{eye[5:]}.jpg").write_bytes(b"ignored copy")
-    (root / "Glaucoma" / "data_summary_glaucoma.csv").write_text("ignored\n")
     return root
 
 
@@ -67,6 +66,12 @@ def load_fv(root: Path, **kw):
 
 def samples(dataset) -> dict[str, tuple[str, dict]]:
     return {split.ids[i]: (name, split[i]) for name, split in dataset.splits.items() for i in range(len(split))}
+
+
+@pytest.fixture(autouse=True)
+def own_outputs(tmp_path_factory, monkeypatch):
+    """The decoded-data store of each test goes to its own folder, never to the repository's outputs/."""
+    monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path_factory.mktemp("outputs")))
 
 
 @pytest.fixture

@@ -73,6 +73,12 @@ def samples(dataset) -> dict[str, dict]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def own_outputs(tmp_path_factory, monkeypatch):
+    """The decoded-data store of each test goes to its own folder, never to the repository's outputs/."""
+    monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path_factory.mktemp("outputs")))
+
+
 @pytest.fixture
 def stage2024(tmp_path):
     return write_stage(tmp_path, "2024")

@@ -20,6 +20,7 @@ LOADERS = {
     "stage2": "remd_core.data.stage2",
     "harvard_npz": "remd_core.data.harvard",
     "randhie": "remd_core.data.randhie",
+    "manifest": "remd_core.data.manifest",
 }
 
 
@@ -90,6 +91,23 @@ def _resolve_root(config, e: CatalogEntry):
     return config
 
 
+def _resolve_manifest(config, e: CatalogEntry, from_entry: bool):
+    """A manifest loader reads ``path=...`` or, failing that, the entry's environment variable. A
+    relative path written in the catalog entry is relative to the catalog folder; one passed as
+    an override or in the variable, to the working directory."""
+    path = config.path or (os.environ.get(e.root_env) if e.root_env else None)
+    if not path:
+        hint = f" or set {e.root_env}" if e.root_env else ""
+        raise DataError(f"data set {e.name!r} reads a manifest (csv or parquet, one row per eye): pass path=...{hint}")
+    path = Path(path).expanduser()
+    if from_entry and config.path and not path.is_absolute():
+        path = catalog_dir() / path
+    if not path.is_file():
+        raise DataError(f"data set {e.name!r}: manifest {path} does not exist")
+    config.path = str(path)
+    return config
+
+
 def load(name: str | None = None, **overrides) -> MultimodalDataset:
     """Load catalog entry ``name`` (the catalog's default when None) with parameter overrides."""
     name = name or default_name()
@@ -98,6 +116,8 @@ def load(name: str | None = None, **overrides) -> MultimodalDataset:
     config = loader_config(name, **overrides)
     if hasattr(config, "root"):
         config = _resolve_root(config, e)
+    if e.loader == "manifest":
+        config = _resolve_manifest(config, e, from_entry="path" not in overrides)
     dataset = module.build(config, name)
     dataset.card = e.card_text()
     return dataset

@@ -36,6 +36,11 @@ Choices:
   ``resample_bscans=True``, which picks ``n_bscans`` from each eye's own count.
 - The split is label-stratified over all eyes (``assemble``): the challenge publishes no
   train/val split of its training set.
+- Decoded eyes are kept in the decoded-data store (``remd_core.data.store``; ``store=False``
+  turns it off), keyed by the images folder, ``image_size`` and ``n_bscans``; an eye's entry
+  depends on the B-scan file names in its folder and the size and mtime of the files it decoded,
+  so a changed, added or removed B-scan re-decodes that eye only. ``lazy=True`` leaves the images
+  in the store (``remd_core.data.streaming``). The GT and info tables are read on every load.
 """
 
 from __future__ import annotations
@@ -46,19 +51,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
-
 from ..config import ConfigError
-from .base import SplitConfig, assemble
+from .base import SplitConfig
 from .checks import DataError, brief_list, check_id_sets, check_labels, check_unique_ids
 from .format import (EYE_CODES, GLAUCOMA_STAGES, DatasetSpec, ModalitySpec, MultimodalDataset, stage_from_md,
                      tabular_tensor)
 from .imageio import IMAGE_SUFFIXES, read_image, select_bscans
+from .readers import order_bscans, read_bscans
+from .store import Job, StoreOptions
+from .streaming import decode_eyes, finish
 
 
 @dataclass
-class Config(SplitConfig):
-    """STAGE loader settings (see the module docstring); ``test``/``val`` as in ``SplitConfig``."""
+class Config(SplitConfig, StoreOptions):
+    """STAGE loader settings (see the module docstring); ``test``/``val`` as in ``SplitConfig``,
+    the store and streaming settings as in ``store.StoreOptions``."""
 
     root: str | None = None
     split_folder: str = "STAGE_training"
@@ -76,6 +83,7 @@ GENDER_CODES = {"male": 1.0, "m": 1.0, "female": 0.0, "f": 0.0}
 def build(config: Config, name: str = "stage2") -> MultimodalDataset:
     if config.image_size < 1 or config.n_bscans < 1:
         raise ConfigError(f"data set {name!r}: image_size and n_bscans must be at least 1")
+    config.check_store_options(name)
     paths = _layout(Path(config.root), config.split_folder)
     folders = {p.name: p for p in sorted(paths["images"].iterdir()) if p.is_dir() and not p.name.startswith(".")}
 
@@ -93,20 +101,18 @@ def build(config: Config, name: str = "stage2") -> MultimodalDataset:
     picks = _pick_bscans(bscans, config.n_bscans, config.resample_bscans)
 
     size, n = config.image_size, config.n_bscans
-    fundus = np.zeros((len(ids), 3, size, size), np.uint8)
-    oct_ = np.zeros((len(ids), n, size, size), np.uint8)
-    for k, eye in enumerate(tqdm(ids, desc=f"{name}: reading eyes", unit="eye")):
-        if fundus_files[eye] is not None:
-            fundus[k] = read_image(fundus_files[eye], size, "RGB")
-        for j, index in enumerate(picks[eye]):
-            oct_[k, j] = read_image(bscans[eye][index], size, "L")
+    shapes = {"fundus": (3, size, size), "oct": (n, size, size)}
+    jobs = [Job(key=eye, files=[str(bscans[eye][i]) for i in picks[eye]] + ([str(fundus_files[eye])] if fundus_files[eye] else []),
+                args=([str(bscans[eye][i]) for i in picks[eye]], fundus_files[eye] and str(fundus_files[eye]), size),
+                where=f"eye {eye}", extra="\n".join(p.name for p in bscans[eye])) for eye in ids]
+    settings = {"images": str(paths["images"].resolve()), "image_size": size, "n_bscans": n}
+    decoded = decode_eyes(config, "stage2", settings, shapes, jobs, decode_eye, name)
     present = np.stack([[fundus_files[i] is not None for i in ids], np.ones(len(ids), bool)], 1)
 
     tabular, stage, derived, no_info = _read_info(paths["info"], folders, ids, y)
-    spec = DatasetSpec(name=name, modalities=(ModalitySpec("fundus", "image", (3, size, size)),
-                                              ModalitySpec("oct", "volume", (n, size, size))))
-    dataset = assemble(spec, config, ids, {"fundus": fundus, "oct": oct_}, present, tabular, y, stage,
-                       source=str(paths["gt"]))
+    spec = DatasetSpec(name=name, modalities=(ModalitySpec("fundus", "image", shapes["fundus"]),
+                                              ModalitySpec("oct", "volume", shapes["oct"])))
+    dataset = finish(decoded, spec, config, ids, present, tabular, y, stage, source=str(paths["gt"]))
     dataset.notes.update(edition=edition, stage_from_md=derived, no_info_row=no_info,
                          fundus_missing=[i for i in ids if fundus_files[i] is None])
     return dataset
@@ -178,24 +184,19 @@ def _list_eyes(folders: dict[str, Path], ids: list[str], require_fundus: bool):
         fundus[eye] = found[0] if found else None
         if not found:
             missing_fundus.append(str(folders[eye] / f"{eye}.jpg"))
-        keyed = []
-        for p in files:
-            if p.stem == eye:
-                continue
-            lead = re.match(r"\d+", p.name)
-            if not lead:
-                raise DataError(f"{p}: B-scan file name does not start with an integer, so its place in the "
-                                f"volume of eye {eye} is unknown")
-            keyed.append((int(lead.group()), p.name, p))
-        keyed.sort()
-        for (a, _, pa), (b, _, pb) in zip(keyed, keyed[1:]):
-            if a == b:
-                raise DataError(f"eye {eye}: B-scans {pa.name} and {pb.name} share the index {a}")
-        bscans[eye] = [p for _, _, p in keyed]
+        bscans[eye] = order_bscans([p for p in files if p.stem != eye], f"eye {eye}")
     if missing_fundus and require_fundus:
         raise DataError(f"fundus photograph missing for {len(missing_fundus)} eye(s): {brief_list(missing_fundus)} "
                         f"(pass require_fundus=False to load them with an absent fundus)")
     return bscans, fundus
+
+
+def decode_eye(bscans: list[str], fundus: str | None, size: int) -> dict:
+    """One eye's picked B-scans and its fundus (when it has one) as the store's uint8 rows."""
+    arrays = {"oct": read_bscans(bscans, size)}
+    if fundus is not None:
+        arrays["fundus"] = read_image(fundus, size, "RGB")
+    return {"arrays": arrays}
 
 
 def _pick_bscans(bscans: dict[str, list[Path]], n: int, resample: bool) -> dict[str, np.ndarray]:
