@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, special
 
+from .mechanisms import mix_discordance
+
 BACKGROUND = np.array([0.78, 0.36, 0.16])
 RIM = np.array([0.98, 0.62, 0.45])
 CUP = np.array([1.0, 0.93, 0.78])
@@ -43,6 +45,7 @@ class FundusKnobs:
     physiologic_cdr_sd: float = 0.08
     cdr_max: float = 0.92
     cdr_scale_db: float = 12.0
+    redundancy: float = 0.0
 
 
 def cup_to_disc_ratio(md_fundus_db: np.ndarray, physiologic_cdr: np.ndarray, knobs: FundusKnobs) -> np.ndarray:
@@ -52,8 +55,9 @@ def cup_to_disc_ratio(md_fundus_db: np.ndarray, physiologic_cdr: np.ndarray, kno
 
 
 def simulate_fundus(rng: np.random.Generator, md: np.ndarray, asymmetry: np.ndarray, left_eye: np.ndarray,
-                    size: int, knobs: FundusKnobs) -> tuple[np.ndarray, dict]:
-    """Render ``[N, 3, size, size]`` uint8 fundus photographs; returns latents too."""
+                    size: int, knobs: FundusKnobs, shared: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Render ``[N, 3, size, size]`` uint8 fundus photographs; returns latents too. ``shared``: the
+    per-eye discordance shared with the OCT when ``knobs.redundancy > 0``."""
     n = len(md)
     coords = np.linspace(-1.0, 1.0, size)
     yy, xx = np.meshgrid(coords, coords, indexing="ij")               # y down (inferior), x right
@@ -63,7 +67,8 @@ def simulate_fundus(rng: np.random.Generator, md: np.ndarray, asymmetry: np.ndar
     disc_x = rng.normal(0.25, 0.04, n)
     disc_y = rng.normal(0.0, 0.05, n)
     physiologic = np.clip(rng.normal(0.3, knobs.physiologic_cdr_sd, n) + 1.5 * (disc_r - 0.2), 0.05, 0.7)
-    md_fundus = md + rng.normal(0.0, knobs.discordance_db, n)
+    md_fundus = md + mix_discordance(rng.normal(0.0, knobs.discordance_db, n), shared, knobs.discordance_db,
+                                     knobs.redundancy)
     cdr = cup_to_disc_ratio(md_fundus, physiologic, knobs)
     cup_ry = cdr * disc_r
     cup_rx = cup_ry * 0.85

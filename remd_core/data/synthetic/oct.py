@@ -6,10 +6,11 @@ Per eye, per B-scan and per A-scan column, the local RNFL thickness (um) is
     T = s0 * profile(x) * 10^(MD_local / 10) + b                       (Hood et al., linear units)
 
 with ``s0`` the healthy axonal part (about 55 um) and ``b`` the residual floor (glial tissue and
-vessels; median 45.5 um, range 30 to 63 um). ``MD_local`` is the eye's structural MD (the label
-plus structure-function discordance noise, ``discordance_db``) modulated sectorally: one hemifield
-is more damaged than the other (the eye's ``asymmetry``), damage concentrates in the arcuate
-bundles above and below the horizontal midline, and each B-scan gets its own small jitter. Below
+vessels; median 45.5 um, range 30 to 63 um; Hood & Kardon, Prog Retin Eye Res 2007).
+``MD_local`` is the eye's structural MD (the label plus structure-function discordance noise,
+``discordance_db``) modulated sectorally: one hemifield is more damaged than the other (the eye's
+``asymmetry``), damage concentrates in the arcuate bundles above and below the horizontal
+midline, and each B-scan gets its own small jitter. Below
 MD of about -12 dB, ``10^(MD/10)`` is under 0.06 and T sits on the floor: OCT carries almost no
 information there, as in real data.
 
@@ -19,6 +20,13 @@ coarse average of published segmentations; only the RNFL depends on damage. The 
 ``depth_um`` over ``H`` pixels. Rendering adds surface tilt, shift and curvature, multiplicative
 speckle (gamma distributed, ``speckle`` is its coefficient of variation), additive noise and a
 per-eye signal quality that lowers contrast and raises noise. Left eyes are mirrored.
+
+The floor knob (``synthetic.Config.oct_floor_um``) moves the population's median floor ``b`` while
+keeping the healthy total ``s0 + b`` at ``HEALTHY_RNFL_UM`` (100.5 um): ``s0_mean = 100.5 - b``.
+A higher floor leaves less axonal signal, so the structural signal ``s0 * 10^(MD/10)`` drops under
+the floor's own spread earlier in the tail (``saturation_md``). The per-eye floor and ``s0`` keep
+their SDs and their clipping windows move with their means (30 to 63 um and 25 to 90 um at the
+default), so the knob shifts the distributions without reshaping them.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import special
+
+from .mechanisms import mix_discordance
 
 # (name, thickness um, reflectivity) below the RNFL; the choroid fills the rest of the scan.
 LAYERS_BELOW_RNFL = (
@@ -41,6 +51,13 @@ RNFL_REFLECTIVITY = 0.9
 VITREOUS = 0.04
 CHOROID = 0.4
 
+HEALTHY_RNFL_UM = 100.5
+"""Healthy total ``s0 + b`` (um) of the default knobs (55 + 45.5), kept fixed when the floor moves."""
+FLOOR_CLIP_UM = (-15.5, 17.5)
+"""Per-eye floor clipped to ``floor_mean`` plus these (30 to 63 um at the default median 45.5)."""
+S0_CLIP_UM = (-30.0, 35.0)
+"""Per-eye ``s0`` clipped to ``s0_mean`` plus these (25 to 90 um at the default 55)."""
+
 
 @dataclass(frozen=True)
 class OCTKnobs:
@@ -54,11 +71,26 @@ class OCTKnobs:
     s0_mean: float = 55.0
     s0_sd: float = 9.0
     depth_um: float = 600.0
+    redundancy: float = 0.0
+
+    @classmethod
+    def with_floor(cls, discordance_db: float, speckle: float, noise: float, floor_um: float,
+                   redundancy: float = 0.0) -> "OCTKnobs":
+        """Knobs with median floor ``floor_um`` and ``s0_mean = HEALTHY_RNFL_UM - floor_um``."""
+        return cls(discordance_db, speckle, noise, floor_mean=floor_um, s0_mean=HEALTHY_RNFL_UM - floor_um,
+                   redundancy=redundancy)
 
 
 def rnfl_thickness(md_local_db: np.ndarray, s0: np.ndarray, floor: np.ndarray) -> np.ndarray:
     """Hood's linear-units model ``T = s0 * 10^(MD/10) + b`` (um); arrays broadcast."""
     return s0 * np.power(10.0, md_local_db / 10.0) + floor
+
+
+def saturation_md(s0, floor_sd) -> np.ndarray:
+    """The MD (dB) at which the structural signal ``s0 * 10^(MD/10)`` equals the spread of the
+    floor across eyes: ``10 * log10(floor_sd / s0)``. Below it, an eye's RNFL says less about its
+    MD than its unknown floor does (-9.6 dB at the default s0 55 um, floor SD 6 um)."""
+    return 10.0 * np.log10(np.asarray(floor_sd, dtype=np.float64) / np.asarray(s0, dtype=np.float64))
 
 
 def _soft_band(z, top, bottom, edge):
@@ -67,16 +99,21 @@ def _soft_band(z, top, bottom, edge):
 
 
 def simulate_oct(rng: np.random.Generator, md: np.ndarray, asymmetry: np.ndarray, left_eye: np.ndarray,
-                 n_bscans: int, size: int, knobs: OCTKnobs) -> tuple[np.ndarray, dict]:
+                 n_bscans: int, size: int, knobs: OCTKnobs,
+                 shared: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Render ``[N, n_bscans, size, size]`` uint8 B-scans for eyes with labels ``md`` (dB).
 
-    Returns the volume and per-eye latent variables (structural MD, floor, mean RNFL, quality) for
-    reports and tests.
+    ``shared`` is the per-eye standard-normal discordance shared with the fundus when
+    ``knobs.redundancy > 0`` (``mechanisms.mix_discordance``). Returns the volume and per-eye latent
+    variables (structural MD, floor, mean RNFL, quality) for reports and tests.
     """
     n = len(md)
-    md_struct = md + rng.normal(0.0, knobs.discordance_db, n)
-    s0 = np.clip(rng.normal(knobs.s0_mean, knobs.s0_sd, n), 25.0, 90.0)
-    floor = np.clip(rng.normal(knobs.floor_mean, knobs.floor_sd, n), 30.0, 63.0)
+    md_struct = md + mix_discordance(rng.normal(0.0, knobs.discordance_db, n), shared, knobs.discordance_db,
+                                     knobs.redundancy)
+    s0 = np.clip(rng.normal(knobs.s0_mean, knobs.s0_sd, n), knobs.s0_mean + S0_CLIP_UM[0],
+                 knobs.s0_mean + S0_CLIP_UM[1])
+    floor = np.clip(rng.normal(knobs.floor_mean, knobs.floor_sd, n), knobs.floor_mean + FLOOR_CLIP_UM[0],
+                    knobs.floor_mean + FLOOR_CLIP_UM[1])
     quality = rng.beta(6.0, 2.0, n) * 0.5 + 0.5
 
     v = np.linspace(0.8, -0.8, n_bscans)                      # superior (+) to inferior (-)
