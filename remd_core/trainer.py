@@ -538,8 +538,11 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
         if run["order"] is None:  # the draw MultimodalSplit.batches(shuffle=True) makes
             run["order"], run["position"] = torch.randperm(len(train), generator=generator), 0
         logs = []
+        stream = getattr(train, "stream_batches", None)  # a lazy split with loader workers (data/streaming.py)
+        batches = stream(run["order"], run["position"], stop, config.batch_size, device) if stream else None
         while run["position"] < stop:
-            batch = train.batch(run["order"][run["position"]:run["position"] + config.batch_size])
+            batch = next(batches) if batches is not None else \
+                train.batch(run["order"][run["position"]:run["position"] + config.batch_size])
             inputs, target = objective.prepare(batch, generator)
             margin = _margin(config, run["step"])
             compute = objective.closure(model, inputs, target, margin)
