@@ -66,10 +66,11 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .checkpoint import Checkpoints, restore_rng_state, rng_state
+from .config import from_dict
 from .data.format import MultimodalDataset, MultimodalSplit
 from .files import load_torch, save_torch
 from .paths import display_path
-from .losses import margin_schedule, regression_loss, stage1_objective
+from .losses import SMAPE_FLOOR_DB, margin_schedule, reference_step, regression_loss, stage1_objective
 from .models import EncoderConfig, MultimodalRegressor
 from .models.evidential import predictive_interval
 from .models.evidential_regressor import (EVIDENTIAL_HEADS, EvidentialRegressor, evidential_losses,
@@ -86,6 +87,7 @@ from .transforms import DRAW_SEED, LABELS, PRESENT, SECOND_VIEW, drop_modalities
 
 SUBSETS = ("all", "head", "tail", "few")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "float32", "bf16", "float64")
 HEADS = ("linear", *EVIDENTIAL_HEADS, "echomen", "simmlm", "rima")
 OWN_LOSS_HEADS = (*EVIDENTIAL_HEADS, "echomen")  # their loss replaces regression_loss
@@ -113,7 +115,15 @@ class TrainConfig:
     (``imbalance.fds``) of each modality's features before the heads, over the same bins, its
     statistics updated at the end of every epoch (``update_fds``). ``modality_dropout``: each training
     sample's present modalities are dropped (zero-filled, ``present`` False) with this probability,
-    never all of them (``transforms.drop_modalities``), a baseline for missing modalities."""
+    never all of them (``transforms.drop_modalities``), a baseline for missing modalities.
+
+    ``lr_schedule``: cosine decay over the epochs (the workbench's) or a constant learning rate (the
+    paper states none). ``reference_run_steps``: None reads the margin's ``t_n`` and ``beta`` and
+    SGM's window per iteration of this run (the paper's reading); a number S maps the run onto S
+    iterations (``losses.reference_step``; SGM's window shrinks by the same factor), so a short run
+    keeps the schedules' shape at the paper's scale (``losses.PAPER_RUN_STEPS``). ``smape_floor_db``:
+    the SMAPE denominator's floor in the ``smape_r2`` loss (``losses.SMAPE_FLOOR_DB``).
+    ``TRAINING_PRESETS["paper"]`` holds every setting the paper states (``preset_config``)."""
 
     modalities: tuple[str, ...] | None = None
     strategy: str = "joint"
@@ -140,6 +150,9 @@ class TrainConfig:
     fds: bool = False
     label_bin_width: float = 1.0
     modality_dropout: float = 0.0
+    lr_schedule: str = "cosine"
+    reference_run_steps: int | None = None
+    smape_floor_db: float = SMAPE_FLOOR_DB
     supcon_weight: float = 1.0
     margin_m0: float = 0.4
     margin_beta: float = 0.0005
@@ -157,6 +170,12 @@ class TrainConfig:
             self.modalities = tuple(self.modalities)
         if self.subset not in SUBSETS:
             raise ValueError(f"subset must be one of {SUBSETS}, got {self.subset!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.reference_run_steps is not None and not self.reference_run_steps >= 1:
+            raise ValueError(f"reference_run_steps must be None or >= 1 iterations, got {self.reference_run_steps}")
+        if not self.smape_floor_db > 0:
+            raise ValueError(f"smape_floor_db must be > 0 dB, got {self.smape_floor_db}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -204,6 +223,28 @@ class TrainConfig:
         return torch.float64 if self.precision == "float64" else torch.float32
 
 
+TRAINING_PRESETS = {
+    "workbench": {},
+    "paper": {"encoder": {"arch": "resnet34", "width": 1.0}, "batch_size": 8, "optimizer": "adam", "weight_decay": 0.0,
+              "lr_schedule": "constant", "regression_loss": "smape_r2", "margin_m0": 0.4, "margin_beta": 0.0005},
+}
+"""Named sets of ``TrainConfig`` values. ``workbench``: the dataclass defaults (AdamW, batch 16,
+cosine decay, MSE: stable on small CPU runs). ``paper``: every training setting Re-M3Dr states
+(section 5.2: ResNet34, batch 8, Adam, the SMAPE + R^2 loss; section 5.6: ``m0 = 0.4``,
+``beta = 0.0005`` per iteration); where it states nothing (learning rate, its schedule, weight decay,
+``t_n``, the epochs) the preset takes the plain reading: Adam's default rate 1e-3 held constant, no
+weight decay, and the workbench's ``t_n`` and epochs. The gpu profile trains with ``paper``."""
+
+
+def preset_config(name: str = "workbench", overrides: dict | None = None, context: str = "") -> TrainConfig:
+    """``TrainConfig`` with preset ``name``'s values, then ``overrides``; an unknown key is a
+    ``ConfigError`` naming ``context`` (where the overrides came from)."""
+    if name not in TRAINING_PRESETS:
+        raise ValueError(f"unknown training preset {name!r}; known: {sorted(TRAINING_PRESETS)}")
+    return from_dict(TrainConfig, {**TRAINING_PRESETS[name], **(overrides or {})},
+                     context=context or f"training preset {name!r}")
+
+
 @dataclass
 class FitResult:
     model: MultimodalRegressor
@@ -245,6 +286,13 @@ def training_split(dataset: MultimodalDataset, subset: str) -> MultimodalSplit:
     if not mask.any():
         raise ValueError(f"the {subset} subset of {dataset.name!r} is empty")
     return train.subset(mask, name=f"train-{subset}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    """Per-epoch learning-rate schedule: cosine decay to 0 over ``config.epochs``, or constant."""
+    if config.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
 
 
 def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
@@ -461,7 +509,7 @@ def build_objective(dataset: MultimodalDataset, config: TrainConfig, device: tor
     device = resolve_device(config.device) if device is None else device
     mean, std = float(dataset.train.y.double().mean()), float(dataset.train.y.double().std())  # reductions in float64:
     # a float32 sum depends on the vector width of the processor (an Intel and an AMD CPU differ here)
-    loss_fn = regression_loss(config.regression_loss, **({"label_mean": mean, "label_std": std}
+    loss_fn = regression_loss(config.regression_loss, **({"label_mean": mean, "label_std": std, "eps": config.smape_floor_db}
                                                         if config.regression_loss == "smape_r2" else {}))
     y_db = dataset.train.y.double()
     weights = None
@@ -495,7 +543,7 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
     model = build_model(dataset, config, device)
     strategy = build_strategy(config.strategy, config.strategy_options, seed=config.seed + 1).bind(model)
     optimizer = build_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    scheduler = build_scheduler(optimizer, config)
     train = training_split(dataset, config.subset)
     objective = build_objective(dataset, config, device)
     kinds, modalities = objective.kinds, objective.modalities
@@ -503,8 +551,9 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
     drop_last = len(train) > config.batch_size
     stop = len(train) - len(train) % config.batch_size if drop_last else len(train)
     steps_per_epoch = stop // config.batch_size if drop_last else 1
-    strategy.prepare_run(RunInfo(metrics.region_labels(train.y.numpy()), float(mean), float(std),
-                                 config.epochs * steps_per_epoch))
+    total_steps = config.epochs * steps_per_epoch
+    strategy.prepare_run(RunInfo(metrics.region_labels(train.y.numpy()), float(mean), float(std), total_steps,
+                                 config.reference_run_steps))
 
     run = {"epoch": 0, "step": 0, "order": None, "position": 0, "step_rows": [], "epoch_rows": [], "partial_rows": [],
            "best": {"r2": -np.inf, "epoch": 0, "file": None}, "elapsed": 0.0}
@@ -544,7 +593,7 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
             batch = next(batches) if batches is not None else \
                 train.batch(run["order"][run["position"]:run["position"] + config.batch_size])
             inputs, target = objective.prepare(batch, generator)
-            margin = _margin(config, run["step"])
+            margin = _margin(config, run["step"], total_steps)
             compute = objective.closure(model, inputs, target, margin)
             try:
                 step_logs = strategy.step(compute, optimizer, step=run["step"], epoch=epoch)
@@ -644,10 +693,11 @@ def _fingerprint(dataset: MultimodalDataset, config: TrainConfig) -> dict:
             "data": json.dumps(asdict(dataset.config), sort_keys=True, default=str), "train_ids": ids}
 
 
-def _margin(config: TrainConfig, step: int) -> float:
+def _margin(config: TrainConfig, step: int, total_steps: int) -> float:
     if not config.adaptive_margin:
         return config.margin_m0
-    return float(margin_schedule(step, config.margin_m0, config.margin_beta, config.margin_warmup))
+    t = reference_step(step, total_steps, config.reference_run_steps)
+    return float(margin_schedule(t, config.margin_m0, config.margin_beta, config.margin_warmup))
 
 
 def _rows(logs: list[dict], epoch: int, first_step: int) -> list[dict]:

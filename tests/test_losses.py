@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from remd_core.losses import (MIN_LABEL_VAR, am_supcon_loss, l1_loss, margin_schedule, mse_loss,
+from remd_core.losses import (MIN_LABEL_VAR, SMAPE_FLOOR_DB, am_supcon_loss, l1_loss, margin_schedule, mse_loss,
                               one_minus_r2, positive_mask, regression_loss, smape_loss, smape_r2_loss,
                               stage1_objective)
 from remd_core.metrics import SMAPE_EPS, r2, smape
@@ -266,9 +266,11 @@ def test_one_minus_r2_hand_value_and_agreement_with_metrics():
 
 
 def test_smape_r2_hand_value_and_weights():
-    smape_part = (1 / 1.5 + 2 / 3 + 0 + 2.0) / 4
+    smape_part = (1 / 1.5 + 2 / 3 + 0 + 1 / 1.0) / 4  # the last pair's denominator 0.5 dB is floored at 1 dB
     r2_part = 6 / 29.1875
     assert smape_r2_loss(PRED, TARGET).item() == pytest.approx(smape_part + r2_part)
+    unfloored = (1 / 1.5 + 2 / 3 + 0 + 1 / 0.5) / 4
+    assert smape_r2_loss(PRED, TARGET, eps=1e-3).item() == pytest.approx(unfloored + r2_part)
     assert regression_loss("smape_r2")(PRED, TARGET).item() == pytest.approx(smape_part + r2_part)
     got = smape_r2_loss(PRED, TARGET, smape_weight=0.5, r2_weight=2.0).item()
     assert got == pytest.approx(0.5 * smape_part + 2.0 * r2_part)
@@ -295,11 +297,11 @@ def test_smape_r2_equal_labels_is_finite_and_floored():
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()
     sse = float(((pred.detach() - target) ** 2).sum())
-    expected = smape_loss(pred.detach(), target).item() + sse / (3 * MIN_LABEL_VAR)
+    expected = smape_loss(pred.detach(), target, eps=SMAPE_FLOOR_DB).item() + sse / (3 * MIN_LABEL_VAR)
     assert loss.item() == pytest.approx(expected)
     # with the floor switched off the R^2 term is dropped, still finite
     no_floor = smape_r2_loss(pred.detach(), target, min_label_var=0.0)
-    assert no_floor.item() == pytest.approx(smape_loss(pred.detach(), target).item())
+    assert no_floor.item() == pytest.approx(smape_loss(pred.detach(), target, eps=SMAPE_FLOOR_DB).item())
 
 
 def test_smape_r2_batch_of_one_drops_r2():

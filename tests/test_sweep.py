@@ -83,13 +83,13 @@ def test_paper_grid_is_the_union_of_its_tables_without_duplicates():
     grid = load_grid(PAPER)
     assert list(grid.groups) == ["table1", "table2", "sensitivity_m0", "sensitivity_beta", "sensitivity_gamma"]
     cells = expand(grid)
-    assert len(cells) == len({c.key for c in cells}) == 60 + 15 + 9
+    assert len(cells) == len({c.key for c in cells}) == 60 + 15 + 11
     default = {c.key: c for c in cells}["synthetic-stage2__re-m3dr__seed0"]
-    # one run serves both tables and the default point of each sensitivity curve
-    assert default.groups == ("table1", "table2", "sensitivity_m0", "sensitivity_beta", "sensitivity_gamma")
+    # one run serves both tables and the default point of the margin curves (the gamma curve runs at gamma_max 10)
+    assert default.groups == ("table1", "table2", "sensitivity_m0", "sensitivity_beta")
     assert default.params == {"DATASET": "synthetic-stage2", "RECIPE": "re-m3dr", "SEED": 0}
     one_seed = expand(grid, seeds=[0])
-    assert len(one_seed) == 20 + 5 + 9 and {c.params["SEED"] for c in one_seed} == {0}
+    assert len(one_seed) == 20 + 5 + 11 and {c.params["SEED"] for c in one_seed} == {0}
     # a cell's groups name every sub-grid holding it, selected or not
     table2 = expand(grid, seeds=[0], groups=["table2"])
     assert [c.params["RECIPE"] for c in table2] == ["re-m3dr", "wo-am", "am-only", "am-naive-fusion", "am-mmpareto",
@@ -103,9 +103,11 @@ def test_paper_grid_is_the_union_of_its_tables_without_duplicates():
 def test_groups_select_by_name_or_prefix():
     grid = load_grid("paper")  # a bare name is looked up in sweeps/
     sensitivity = expand(grid, groups=["sensitivity"])
-    assert len(sensitivity) == 1 + 3 + 2 + 4
+    assert len(sensitivity) == 1 + 3 + 2 + 6
     assert {g for c in sensitivity for g in c.groups} >= {"sensitivity_m0", "sensitivity_beta", "sensitivity_gamma"}
-    assert len(expand(grid, groups=["sensitivity_gamma"])) == 5
+    gamma = expand(grid, groups=["sensitivity_gamma"])
+    assert [c.params.get("GAMMA_BASE", 1.5) for c in gamma] == [0.5, 1.0, 1.5, 2.0, 5.0, 10.0]  # section 5.6's grid
+    assert {c.params["GAMMA_MAX"] for c in gamma} == {10.0} and grid.sensitivity_groups()["sensitivity_gamma"] == "GAMMA_BASE"
     with pytest.raises(ConfigError, match="no sub-grid 'table'"):  # a prefix ends at '_': table selects no table1
         expand(grid, groups=["table"])
 

@@ -54,10 +54,11 @@ class Grid:
         return list(dict.fromkeys(name for g in self.groups.values() for name in g.params))
 
     def sensitivity_groups(self) -> dict[str, str]:
-        """Sub-grids that vary exactly one parameter (a sensitivity curve): group -> parameter.
-        Derived from the grid itself, so a table never repeats the grid file's structure."""
-        return {name: next(iter(g.params)) for name, g in self.groups.items()
-                if len(g.params) == 1 and len(next(iter(g.params.values()))) > 1}
+        """Sub-grids that vary exactly one parameter (a sensitivity curve; others may be held at one
+        value, such as Fig. 6c's ``GAMMA_MAX``): group -> parameter. Derived from the grid itself, so
+        a table never repeats the grid file's structure."""
+        varied = {name: [k for k, values in g.params.items() if len(values) > 1] for name, g in self.groups.items()}
+        return {name: keys[0] for name, keys in varied.items() if len(keys) == 1}
 
 
 @dataclass

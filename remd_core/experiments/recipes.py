@@ -35,7 +35,7 @@ import numpy as np
 from ..data.format import MultimodalDataset
 from ..files import load_torch, read_json, write_json
 from ..optim import build_strategy
-from ..trainer import FitResult, TrainConfig, fit, save_encoders
+from ..trainer import OWN_LOSS_HEADS, FitResult, TrainConfig, fit, save_encoders
 
 
 @dataclass(frozen=True)
@@ -232,9 +232,11 @@ def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir
     modalities = (r.modality,) if r.modality else None
     if r.modality:  # a one-modality recipe from stage 1 takes that modality's encoder only
         init = {m: path for m, path in init.items() if m == r.modality}
+    head = r.head or base.head
+    own_loss = {"regression_loss": "mse"} if head in OWN_LOSS_HEADS else {}  # unused: the head trains on its own loss
     config = replace(base, modalities=modalities, strategy=r.strategy, strategy_options=options,
-                     init_encoders=init, head=r.head or base.head, contrastive=r.regulariser is not None,
-                     contrastive_loss=r.regulariser or base.contrastive_loss, **dict(r.settings),
+                     init_encoders=init, head=head, contrastive=r.regulariser is not None,
+                     contrastive_loss=r.regulariser or base.contrastive_loss, **own_loss, **dict(r.settings),
                      encoder=replace(base.encoder, **dict(r.encoder)))
     result = fit(dataset, config, progress=progress, checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None,
                  checkpoint_every=checkpoint_every)

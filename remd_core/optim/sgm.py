@@ -17,8 +17,9 @@ Per step:
 Where the paper is silent (our choices, all options):
 - ``gamma_base = 1.5`` (MMPareto's fixed gamma, which SGM makes adaptive), ``gamma_min = 0.5``,
   ``gamma_max = 5`` (the range of gammas the paper's Fig. 6 studies is 0.5 to 10), ``window = 50``
-  steps, ``probe_eps = 0.05`` (SAM's default rho). The probe uses the full gradient of Eq. 1 over
-  all trainable parameters, the paper's ``grad_theta L(theta_t)``.
+  steps (of the reference run when ``TrainConfig.reference_run_steps`` maps a short run onto one),
+  ``probe_eps = 0.05`` (SAM's default rho). The probe uses the full gradient of Eq. 1 over all
+  trainable parameters, the paper's ``grad_theta L(theta_t)``.
 - ``g_uni`` is the gradient of ``alpha * sum_k L_u^k``: with the paper's alpha = 1 (our default)
   this is its ``sum_k g^(k)``.
 - ``cos_scope="global"`` takes one cosine over all shared parameters (the paper);
@@ -84,10 +85,17 @@ class SGM(Strategy):
 
     def __init__(self, config=None, check_finite: bool = True, generator: torch.Generator | None = None):
         super().__init__(config, check_finite, generator)
-        self.scores: deque = deque(maxlen=self.config.window)
+        self.window = self.config.window
+        self.scores: deque = deque(maxlen=self.window)
         self.gamma = torch.tensor(self.config.gamma_base)
         self.sharpness = torch.tensor(float("nan"))
         self.probe_scores = {f"sharpness_{m}": self.sharpness for m in SCORE_MODES}
+
+    def prepare_run(self, run):
+        """The window spans ``config.window`` steps of the reference run (``RunInfo.scaled_steps``):
+        on a run mapped onto the paper's length, the same fraction of the run."""
+        self.window = run.scaled_steps(self.config.window)
+        self.scores = deque(self.scores, maxlen=self.window)
 
     def backward(self, compute, step, epoch):
         cfg = self.config
@@ -135,6 +143,6 @@ class SGM(Strategy):
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.scores = deque(state["scores"], maxlen=self.config.window)
+        self.scores = deque(state["scores"], maxlen=self.window)
         self.gamma, self.sharpness = state["gamma"], state["sharpness"]
         self.probe_scores = dict(state.get("probe_scores", self.probe_scores))

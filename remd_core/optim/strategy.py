@@ -81,12 +81,20 @@ class Losses:
 class RunInfo:
     """A training run as ``fit`` sees it before its first step: the MD regions of the training
     labels (``metrics.region_labels``), the label mean and SD that standardise the targets the
-    closure sees, and the number of optimisation steps the run will take."""
+    closure sees, the number of optimisation steps the run will take, and the run length its
+    schedules are stated for (``TrainConfig.reference_run_steps``; None: this run's own steps)."""
 
     regions: object
     label_mean: float
     label_std: float
     total_steps: int
+    reference_steps: int | None = None
+
+    def scaled_steps(self, steps: int) -> int:
+        """A span of ``steps`` of the reference run as steps of this run (at least 1): SGM's window."""
+        if self.reference_steps is None:
+            return steps
+        return max(1, round(steps * self.total_steps / self.reference_steps))
 
 
 class NonFiniteError(FloatingPointError):

@@ -30,17 +30,19 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # ``PRECISION`` (``TrainConfig.precision``): the smoke profile trains in float64, so that the outputs
 # nbval checks to three decimals come out the same on every processor and thread count (float32
 # differs in the third decimal between an Intel and an AMD CPU); the others train as the trainer
-# decides ("auto": float32 on CPU, bf16 autocast on CUDA).
+# decides ("auto": float32 on CPU, bf16 autocast on CUDA). ``TRAINING`` names the training preset
+# (``trainer.TRAINING_PRESETS``): the gpu profile trains with every setting the paper states
+# (batch 8, Adam, SMAPE + R^2), the others with the workbench's (batch 16, AdamW, cosine, MSE).
 PROFILES = {
     "smoke": {"N_EYES": 80, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 1, "SEEDS": [0], "WIDTH": 0.125,
               "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": False,
-              "WORKERS": 2, "PRECISION": "float64"},
+              "WORKERS": 2, "PRECISION": "float64", "TRAINING": "workbench"},
     "cpu": {"N_EYES": 700, "IMAGE_SIZE": 64, "N_BSCANS": 8, "EPOCHS": 8, "SEEDS": [0], "WIDTH": 0.25,
             "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
-            "PRECISION": "auto"},
+            "PRECISION": "auto", "TRAINING": "workbench"},
     "gpu": {"N_EYES": 700, "IMAGE_SIZE": 224, "N_BSCANS": 32, "EPOCHS": 100, "SEEDS": [0, 1, 2], "WIDTH": 1.0,
             "ARCH": "resnet34", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": True,
-            "WORKERS": 1, "PRECISION": "auto"},
+            "WORKERS": 1, "PRECISION": "auto", "TRAINING": "paper"},
 }
 
 
@@ -51,18 +53,20 @@ PROFILES = {
 LIBRARY_SETTINGS = {
     "BATCH_SIZE": ("train", "batch_size"), "LR": ("train", "lr"), "MARGIN_M0": ("train", "margin_m0"),
     "MARGIN_BETA": ("train", "margin_beta"), "MARGIN_WARMUP": ("train", "margin_warmup"),
+    "REFERENCE_RUN_STEPS": ("train", "reference_run_steps"),
     "GAMMA_BASE": ("sgm", "gamma_base"), "GAMMA_MIN": ("sgm", "gamma_min"), "GAMMA_MAX": ("sgm", "gamma_max"),
     "WINDOW": ("sgm", "window"), "SHARPNESS": ("sgm", "sharpness"),
 }
 
 
-def library_default(name: str):
-    """The config dataclass's default of notebook parameter ``name`` (``LIBRARY_SETTINGS``)."""
+def library_default(name: str, training: str = "workbench"):
+    """The default of notebook parameter ``name`` (``LIBRARY_SETTINGS``): its config dataclass's,
+    with training preset ``training`` applied to ``TrainConfig``."""
     from ..optim.sgm import SGMConfig
-    from ..trainer import TrainConfig
+    from ..trainer import preset_config
 
     config, field = LIBRARY_SETTINGS[name]
-    return getattr({"train": TrainConfig, "sgm": SGMConfig}[config](), field)
+    return getattr(preset_config(training) if config == "train" else SGMConfig(), field)
 
 
 def fill_defaults(params: dict, profile: str) -> dict:
@@ -75,7 +79,7 @@ def fill_defaults(params: dict, profile: str) -> dict:
             if name in values:
                 out[name] = values[name]
             elif name in LIBRARY_SETTINGS:
-                out[name] = library_default(name)
+                out[name] = library_default(name, params.get("TRAINING") or values["TRAINING"])
             else:
                 raise ConfigError(f"parameter {name} is None and neither profile {profile!r} nor the library sets "
                                   f"it; the profile sets {sorted(values)}, the library {sorted(LIBRARY_SETTINGS)}")

@@ -18,12 +18,12 @@ from dataclasses import replace
 import pandas as pd
 
 from .. import data
-from ..config import ConfigError, from_dict
+from ..config import ConfigError
 from ..models import EncoderConfig
 from .runner import PROFILES, fill_defaults
 from ..paths import display_path
 from .record import run_folder
-from ..trainer import TrainConfig
+from ..trainer import TrainConfig, preset_config
 
 DEFAULT_PROFILE = "cpu"
 
@@ -84,7 +84,9 @@ def load_dataset(name: str, n_eyes: int, image_size: int, n_bscans: int, seed: i
     return data.load(name, seed=seed, **overrides)
 
 
-def train_config(epochs: int, arch: str, width: float, seed: int = 0, **settings) -> TrainConfig:
-    """The notebooks' training settings: the workbench defaults with the profile's scale."""
-    config = from_dict(TrainConfig, settings, context="the notebook's training settings")
+def train_config(epochs: int, arch: str, width: float, seed: int = 0, training: str = "workbench",
+                 **settings) -> TrainConfig:
+    """The notebooks' training settings: the training preset ``training`` (``trainer.TRAINING_PRESETS``;
+    the profile's ``TRAINING``) with the notebook's settings and the profile's scale."""
+    config = preset_config(training, settings, context="the notebook's training settings")
     return replace(config, epochs=epochs, seed=seed, encoder=EncoderConfig(arch=arch, width=width))
