@@ -9,6 +9,7 @@ import pytest
 
 from remd_core.config import ConfigError
 from remd_core.data import DataError, load, stage_from_md
+from test_manifest import own_outputs  # noqa: F401 (autouse: each test's store in its own folder)
 
 N_BSCANS = 12
 SPLITS = {"train": ["data_000101", "data_000102", "data_000103", "data_000104"],
@@ -66,12 +67,6 @@ def load_fv(root: Path, **kw):
 
 def samples(dataset) -> dict[str, tuple[str, dict]]:
     return {split.ids[i]: (name, split[i]) for name, split in dataset.splits.items() for i in range(len(split))}
-
-
-@pytest.fixture(autouse=True)
-def own_outputs(tmp_path_factory, monkeypatch):
-    """The decoded-data store of each test goes to its own folder, never to the repository's outputs/."""
-    monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path_factory.mktemp("outputs")))
 
 
 @pytest.fixture
@@ -186,3 +181,46 @@ def test_bad_config_values(fairvision):
         load_fv(fairvision, layout="eyepacs")
     with pytest.raises(ConfigError, match="split"):
         load_fv(fairvision, split="random")
+
+
+def write_metadata(root: Path, **changes) -> Path:
+    """FairVision's metadata table: filename, age, gender, race, use, md (as in data_summary_glaucoma.csv)."""
+    import pandas as pd
+
+    use = {"train": "training", "val": "validation", "test": "test"}
+    rows = [{"filename": f"{eye}.npz", "age": AGE[eye] + 1, "gender": "Male" if MALE[eye] else "Female",
+             "race": "White", "use": use[split], "md": MD[eye], "glaucoma": "yes"}
+            for split, ids in SPLITS.items() for eye in ids]
+    frame = pd.DataFrame(rows).astype(object)
+    for column, (row, value) in changes.items():
+        frame.loc[row, column] = value
+    path = root / "Glaucoma" / "data_summary_glaucoma.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_fairvision_metadata_csv(fairvision):
+    write_metadata(fairvision)
+    ds = load_fv(fairvision)
+    for eye, (_, s) in samples(ds).items():
+        assert s["tabular"][0].item() == AGE[eye] + 1  # the table's age wins over the npz's
+        assert s["tabular"][1].item() == MALE[eye]
+    assert ds.notes["attributes"].loc["data_000103", "race"] == "White"
+    assert ds.notes["metadata"].endswith("data_summary_glaucoma.csv") and ds.notes["no_metadata_row"] == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"md": (2, -1.0)}, r"data_000103\.npz has md -8\.5 but .*data_summary_glaucoma\.csv line 4 has -1"),
+    ({"gender": (2, "Female")}, r"data_000103\.npz has male 1 but .*line 4 has 0"),
+    ({"use": (4, "training")}, r"line 6 \(data_000105\): use 'training', but .* lies in the val folder"),
+    ({"age": (0, "old")}, r"line 2 \(data_000101\): age 'old' is not a number")])
+def test_fairvision_metadata_conflicts(fairvision, change, message):
+    write_metadata(fairvision, **change)
+    with pytest.raises(DataError, match=message):
+        load_fv(fairvision)
+
+
+def test_md_from_metadata_when_the_npz_has_none(fairvision):
+    np.savez(npz_path(fairvision, "data_000103"), **eye_arrays("data_000103", md=False))
+    write_metadata(fairvision)
+    assert samples(load_fv(fairvision))["data_000103"][1]["y"].item() == pytest.approx(MD["data_000103"])

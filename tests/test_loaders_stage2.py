@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from remd_core.data import DataError, load, stage_from_md
+from test_manifest import own_outputs  # noqa: F401 (autouse: each test's store in its own folder)
 
 IDS = ["0201", "0202", "0203", "0204", "0205", "0206"]
 MD = [-1.0, -3.5, -7.25, -15.5, 0.75, -25.0]
@@ -71,12 +72,6 @@ def samples(dataset) -> dict[str, dict]:
         for i in range(len(split)):
             out[split.ids[i]] = split[i]
     return out
-
-
-@pytest.fixture(autouse=True)
-def own_outputs(tmp_path_factory, monkeypatch):
-    """The decoded-data store of each test goes to its own folder, never to the repository's outputs/."""
-    monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path_factory.mktemp("outputs")))
 
 
 @pytest.fixture

@@ -141,6 +141,7 @@ def rewrite(manifest: Path, **columns) -> None:
 
 @pytest.fixture(autouse=True)
 def own_outputs(tmp_path_factory, monkeypatch):
+    """The decoded-data store of each test goes to its own folder, never to the repository's outputs/."""
     monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path_factory.mktemp("outputs")))
 
 

@@ -9,17 +9,7 @@ import pytest
 
 from remd_core.data import DataError, load
 from remd_core.data.store import DecodedStore, read_rows
-from test_manifest import IDS, ROWS, volume, write_eyes
-
-
-@pytest.fixture(autouse=True)
-def own_outputs(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path_factory.mktemp("outputs")))
-
-
-@pytest.fixture
-def manifest(tmp_path):
-    return write_eyes(tmp_path)
+from test_manifest import IDS, ROWS, manifest, own_outputs, volume  # noqa: F401 (fixtures)
 
 
 def load_m(path, **kw):

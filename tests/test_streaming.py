@@ -12,12 +12,7 @@ from remd_core.data.missing import MissingConfig, with_missing
 from remd_core.data.streaming import LazySplit, StoreArray
 from remd_core.models import EncoderConfig
 from remd_core.trainer import TrainConfig, fit
-from test_manifest import write_eyes
-
-
-@pytest.fixture(autouse=True)
-def own_outputs(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path_factory.mktemp("outputs")))
+from test_manifest import own_outputs, write_eyes  # noqa: F401 (own_outputs: an autouse fixture)
 
 
 @pytest.fixture
