@@ -68,6 +68,7 @@ from . import metrics
 from .checkpoint import Checkpoints, restore_rng_state, rng_state
 from .config import from_dict
 from .data.format import MultimodalDataset, MultimodalSplit
+from .diagnosis.probe import build_probe
 from .files import load_torch, save_torch
 from .paths import display_path
 from .losses import SMAPE_FLOOR_DB, margin_schedule, reference_step, regression_loss, stage1_objective
@@ -123,7 +124,13 @@ class TrainConfig:
     iterations (``losses.reference_step``; SGM's window shrinks by the same factor), so a short run
     keeps the schedules' shape at the paper's scale (``losses.PAPER_RUN_STEPS``). ``smape_floor_db``:
     the SMAPE denominator's floor in the ``smape_r2`` loss (``losses.SMAPE_FLOOR_DB``).
-    ``TRAINING_PRESETS["paper"]`` holds every setting the paper states (``preset_config``)."""
+    ``TRAINING_PRESETS["paper"]`` holds every setting the paper states (``preset_config``).
+
+    ``probe_every``: every this many steps (0: never) evaluate a fixed probe set of ``probe_size``
+    training eyes, stratified over the MD regions, and log its per-head losses (``probe_loss_fused``,
+    ``probe_loss_<modality>``, per region ``..._head``, ``..._tail``; NaN on other steps) beside the
+    batch losses: a loss curve that moves only when the weights do (``diagnosis.probe``). It changes
+    no training draw or weight."""
 
     modalities: tuple[str, ...] | None = None
     strategy: str = "joint"
@@ -162,6 +169,8 @@ class TrainConfig:
     init_encoders: dict = field(default_factory=dict)
     eval_batch_size: int = 64
     compile: bool = False
+    probe_every: int = 0
+    probe_size: int = 64
 
     def __post_init__(self):
         if isinstance(self.encoder, dict):
@@ -210,6 +219,11 @@ class TrainConfig:
             raise ValueError(f"contrastive_weight must be >= 0 (or None), got {self.contrastive_weight}")
         if self.lds and self.regression_loss != "mse":
             raise ValueError(f"lds weights the MSE; got regression_loss={self.regression_loss!r}")
+        if int(self.probe_every) != self.probe_every or self.probe_every < 0:
+            raise ValueError(f"probe_every must be an integer >= 0 steps (0: no probe), got {self.probe_every!r}")
+        if int(self.probe_size) != self.probe_size or self.probe_size < 2:
+            raise ValueError(f"probe_size must be an integer >= 2 eyes (BatchNorm needs a batch statistic), "
+                             f"got {self.probe_size!r}")
 
     def views(self) -> int:
         """How many augmented views of each batch the contrastive term contrasts (1 without one)."""
@@ -554,6 +568,7 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
     total_steps = config.epochs * steps_per_epoch
     strategy.prepare_run(RunInfo(metrics.region_labels(train.y.numpy()), float(mean), float(std), total_steps,
                                  config.reference_run_steps))
+    probe = build_probe(dataset.train, config, objective)  # None unless config.probe_every
 
     run = {"epoch": 0, "step": 0, "order": None, "position": 0, "step_rows": [], "epoch_rows": [], "partial_rows": [],
            "best": {"r2": -np.inf, "epoch": 0, "file": None}, "elapsed": 0.0}
@@ -602,6 +617,8 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
             step_logs["margin"] = torch.tensor(margin)
             logs.append(step_logs)
             run["step"] += 1
+            if probe is not None and run["step"] % config.probe_every == 0:
+                step_logs.update(probe.evaluate(model, margin))
             run["position"] += config.batch_size
             if checkpoints and checkpoint_every and run["step"] % checkpoint_every == 0 and run["position"] < stop:
                 save_checkpoint(logs)
@@ -686,8 +703,11 @@ def autocast_context(precision: str, device: torch.device):
 
 def _fingerprint(dataset: MultimodalDataset, config: TrainConfig) -> dict:
     """What a checkpoint must share with the run resuming it: every training setting (the
-    device and the progress bar aside) and the data (settings, and the training ids)."""
+    device and the progress bar aside; the probe's settings while it is off) and the data (settings,
+    and the training ids)."""
     settings = {k: v for k, v in asdict(config).items() if k not in ("device",)}
+    if not config.probe_every:  # no probe: the fingerprint of a run from before probes existed
+        settings = {k: v for k, v in settings.items() if k not in ("probe_every", "probe_size")}
     ids = hashlib.sha1("\n".join(dataset.train.ids).encode()).hexdigest()
     return {"config": json.dumps(settings, sort_keys=True, default=str), "dataset": dataset.name,
             "data": json.dumps(asdict(dataset.config), sort_keys=True, default=str), "train_ids": ids}

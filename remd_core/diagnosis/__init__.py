@@ -8,6 +8,9 @@
   sharpness score and gamma (Fig. 5).
 - ``sgm_trace``: one row per SGM probe of a run (``sgm_probes``), the gamma and sharpness trace and
   their correlation (Fig. 5).
+- ``probe``: a fixed probe set of training eyes (stratified over the MD regions), evaluated every
+  k steps during ``fit`` (``TrainConfig.probe_every``), so that a loss curve moves only with the
+  weights; ``oscillation.probe_oscillation_table`` sets its oscillation beside the batch loss's.
 - ``closures``: the loss on a fixed evaluation batch that the slices and the Hessian evaluate.
 """
 
@@ -15,17 +18,27 @@ from .closures import fixed_batch_loss
 from .hessian import top_hessian_eigenvalue
 from .landscape import (perturbation_guard, random_direction, resolve_params, sharpness_from_slice, slice_1d,
                         slice_2d)
-from .oscillation import DEFAULT_WINDOW, gradient_conflict, oscillation_index, oscillation_table
+from .oscillation import (DEFAULT_WINDOW, describe_probe_oscillation, gradient_conflict, oscillation_index,
+                          oscillation_table, probe_heads, probe_oscillation_table)
+from .probe import Probe, ProbeSet, build_probe, probe_allocation, select_probe_set
 from .sgm_trace import gamma_sharpness_trace, sgm_probes
 
 __all__ = [
     "DEFAULT_WINDOW",
+    "describe_probe_oscillation",
     "fixed_batch_loss",
     "gamma_sharpness_trace",
     "gradient_conflict",
     "oscillation_index",
     "oscillation_table",
     "perturbation_guard",
+    "Probe",
+    "ProbeSet",
+    "build_probe",
+    "probe_allocation",
+    "probe_heads",
+    "probe_oscillation_table",
+    "select_probe_set",
     "random_direction",
     "resolve_params",
     "sgm_probes",

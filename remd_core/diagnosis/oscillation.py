@@ -6,6 +6,10 @@ on head-only or tail-only data, or when each modality trains alone. The paper sh
 no number. ``oscillation_index`` turns a curve into one number, and ``oscillation_table`` computes it
 per subset/run so that the comparison in Fig. 2 becomes a table. ``gradient_conflict`` summarises the
 cosine between the multimodal and unimodal gradients (section 4, SGM: MinNorm runs when cos < 0).
+``probe_oscillation_table`` sets, per head, the batch-loss oscillation beside the oscillation of a
+fixed probe set's loss (``diagnosis.probe``), which moves only when the weights do: on long-tailed
+labels a batch's loss also moves with how many tail eyes the batch holds, so the batch-loss index
+mixes batch composition with optimisation instability, and the probe index does not.
 
 The oscillation index
 ---------------------
@@ -118,6 +122,107 @@ def oscillation_table(history: pd.DataFrame, columns: str | Sequence[str] = ("lo
             rows.append({**dict(zip(keys, key)), "column": c, "n_steps": int(x.size),
                          "oscillation": oscillation_index(x, window)})
     return pd.DataFrame(rows, columns=[*keys, "column", "n_steps", "oscillation"])
+
+
+def _finite(frame: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in frame.columns:
+        return np.empty(0)
+    x = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+    return x[np.isfinite(x)]
+
+
+def probe_heads(history: pd.DataFrame) -> list[str]:
+    """The heads with both a batch-loss column ``loss_<head>`` and a probe column ``probe_loss_<head>``."""
+    return [c.removeprefix("loss_") for c in history.columns
+            if c.startswith("loss_") and c != "loss_extra" and f"probe_{c}" in history.columns]
+
+
+def probe_oscillation_table(history: pd.DataFrame, heads: str | Sequence[str] | None = None,
+                            groups: str | Sequence[str] | None = None, window: int = DEFAULT_WINDOW,
+                            probe_window: int | None = None, order_by: str = "step") -> pd.DataFrame:
+    """Per head, the oscillation index of the training-batch loss and of the fixed-probe loss side by
+    side (``diagnosis.probe``; ``TrainConfig.probe_every``).
+
+    ``history``: one row per step with ``loss_<head>`` (every step) and ``probe_loss_<head>`` (NaN
+    except at probe steps), for example a ``FitResult.history``, or several stacked with ``groups``
+    columns naming the run (``["model", "subset"]``). ``heads``: None for every head with both
+    columns (``probe_heads``). The batch curve is scored over ``window`` steps; the probe curve has
+    one point per probe (its NaN rows dropped), so its window is counted in probe points:
+    ``probe_window``, None for the batch window in probe points, ``max(2, round(window / k))`` for
+    probes every ``k`` steps (``k`` read from the probe rows' steps, per group). A constant curve
+    scores 0 (weights that do not change give a constant probe loss); the batch curve of the same
+    run still moves with each batch's composition.
+
+    Returns a tidy frame, one row per (group, head) that has either curve: the group columns,
+    ``head``, ``batch_steps``, ``batch_oscillation``, ``probe_points``, ``probe_every`` (k),
+    ``probe_window`` (probe points) and ``probe_oscillation``; with per-region probe columns
+    (``probe_loss_<head>_head``, ``_tail``) also ``probe_oscillation_head`` and ``_tail``."""
+    keys = _as_list(groups)
+    missing = [c for c in keys if c not in history.columns]
+    if missing:
+        raise KeyError(f"history has no column(s) {missing}; it has {list(history.columns)}")
+    heads = probe_heads(history) if heads is None else _as_list(heads)
+    if not heads:
+        raise ValueError("no head has both loss_<head> and probe_loss_<head> columns: "
+                         "was fit run with probe_every > 0?")
+    if probe_window is not None and (int(probe_window) != probe_window or probe_window < 2):
+        raise ValueError(f"probe_window must be None or an integer >= 2 probe points, got {probe_window!r}")
+    if order_by in history.columns:
+        history = history.sort_values(order_by, kind="stable")
+    regions = [r for r in ("head", "tail") if any(f"probe_loss_{h}_{r}" in history.columns for h in heads)]
+    parts = history.groupby(keys, sort=True, dropna=False) if keys else [((), history)]
+    rows = []
+    for key, part in parts:
+        key = key if isinstance(key, tuple) else (key,)
+        for h in heads:
+            batch = _finite(part, f"loss_{h}")
+            values = (pd.to_numeric(part[f"probe_loss_{h}"], errors="coerce").to_numpy(dtype=np.float64)
+                      if f"probe_loss_{h}" in part.columns else np.full(len(part), np.nan))
+            probed = np.isfinite(values)
+            probe = values[probed]
+            if not batch.size and not probe.size:
+                continue
+            steps = np.diff(part[order_by].to_numpy()[probed]) if order_by in part.columns else np.empty(0)
+            every = int(np.median(steps)) if steps.size else 1
+            w = int(probe_window) if probe_window is not None else max(2, round(window / max(every, 1)))
+            row = {**dict(zip(keys, key)), "head": h, "batch_steps": int(batch.size),
+                   "batch_oscillation": oscillation_index(batch, window) if batch.size else float("nan"),
+                   "probe_points": int(probe.size), "probe_every": every, "probe_window": w,
+                   "probe_oscillation": oscillation_index(probe, w) if probe.size else float("nan")}
+            for r in regions:
+                x = _finite(part, f"probe_loss_{h}_{r}")
+                row[f"probe_oscillation_{r}"] = oscillation_index(x, w) if x.size else float("nan")
+            rows.append(row)
+    columns = [*keys, "head", "batch_steps", "batch_oscillation", "probe_points", "probe_every", "probe_window",
+               "probe_oscillation", *[f"probe_oscillation_{r}" for r in regions]]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def describe_probe_oscillation(table: pd.DataFrame) -> str:
+    """One sentence, with the numbers, from a ``probe_oscillation_table``: in how many curves (group
+    and head) the probe loss oscillates less than the batch loss, the ranges of both indices and the
+    curves' lengths. Curves without both indices (fewer than 3 steps or 3 probes) are counted, not
+    compared."""
+    both = table[np.isfinite(table["batch_oscillation"]) & np.isfinite(table["probe_oscillation"])]
+    skipped = len(table) - len(both)
+    note = f"; {skipped} curve{'s' if skipped != 1 else ''} too short for both left out" if skipped else ""
+    if both.empty:
+        return f"No curve has both indices: they need at least 3 steps and 3 probes{note}."
+
+    def span(x, digits=0):
+        lo, hi = x.min(), x.max()
+        return f"{lo:.{digits}f}" if lo == hi else f"{lo:.{digits}f} to {hi:.{digits}f}"
+
+    n, below = len(both), int((both["probe_oscillation"] < both["batch_oscillation"]).sum())
+    reading = ("so here the batch-loss index overstates how much the weights oscillate: the rest comes from what each "
+               "batch holds (its eyes and their augmentation)" if below == n else
+               "so here the weights oscillate at least as much as the batch loss does" if below == 0 else
+               "so the batch-loss index overstates the weights' oscillation in some curves and not in others")
+    return (f"In {below} of {n} curves with both indices ({span(both['batch_steps'])} steps, "
+            f"{span(both['probe_points'])} probes each{note}), the fixed probe set's loss oscillates less than the "
+            f"training-batch loss (probe {span(both['probe_oscillation'], 3)}, "
+            f"batch {span(both['batch_oscillation'], 3)}), "
+            f"{reading}.")
 
 
 def _conflict_summary(cos: np.ndarray) -> dict[str, float]:
