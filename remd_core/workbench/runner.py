@@ -33,16 +33,22 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # decides ("auto": float32 on CPU, bf16 autocast on CUDA). ``TRAINING`` names the training preset
 # (``trainer.TRAINING_PRESETS``): the gpu profile trains with every setting the paper states
 # (batch 8, Adam, SMAPE + R^2), the others with the workbench's (batch 16, AdamW, cosine, MSE).
+# ``reduced``: the scale at which this machine runs many-cell grids such as notebook 06's testbed
+# (``sweeps/fusion_fails.yaml``: several hundred cells, 3 seeds); ``TESTBED_GROUPS`` are the testbed's
+# sub-grids notebook 06 runs itself when no full sweep is there (None: all).
 PROFILES = {
     "smoke": {"N_EYES": 80, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 1, "SEEDS": [0], "WIDTH": 0.125,
               "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": False,
-              "WORKERS": 2, "PRECISION": "float64", "TRAINING": "workbench"},
+              "WORKERS": 2, "PRECISION": "float64", "TRAINING": "workbench", "TESTBED_GROUPS": ["tail"]},
     "cpu": {"N_EYES": 700, "IMAGE_SIZE": 64, "N_BSCANS": 8, "EPOCHS": 8, "SEEDS": [0], "WIDTH": 0.25,
             "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
-            "PRECISION": "auto", "TRAINING": "workbench"},
+            "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": ["tail"]},
+    "reduced": {"N_EYES": 400, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 12, "SEEDS": [0, 1, 2], "WIDTH": 0.125,
+                "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
+                "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": None},
     "gpu": {"N_EYES": 700, "IMAGE_SIZE": 224, "N_BSCANS": 32, "EPOCHS": 100, "SEEDS": [0, 1, 2], "WIDTH": 1.0,
             "ARCH": "resnet34", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": True,
-            "WORKERS": 1, "PRECISION": "auto", "TRAINING": "paper"},
+            "WORKERS": 1, "PRECISION": "auto", "TRAINING": "paper", "TESTBED_GROUPS": None},
 }
 
 
@@ -56,17 +62,24 @@ LIBRARY_SETTINGS = {
     "REFERENCE_RUN_STEPS": ("train", "reference_run_steps"),
     "GAMMA_BASE": ("sgm", "gamma_base"), "GAMMA_MIN": ("sgm", "gamma_min"), "GAMMA_MAX": ("sgm", "gamma_max"),
     "WINDOW": ("sgm", "window"), "SHARPNESS": ("sgm", "sharpness"),
+    # the synthetic generator's mechanism knobs (issue 14's testbed; remd_core.data.synthetic.Config)
+    "TAIL": ("data", "tail"), "OCT_DISCORDANCE_DB": ("data", "oct_discordance_db"),
+    "FUNDUS_DISCORDANCE_DB": ("data", "fundus_discordance_db"), "REDUNDANCY": ("data", "redundancy"),
+    "OCT_FLOOR_UM": ("data", "oct_floor_um"), "LABEL_NOISE": ("data", "label_noise"), "SHORTCUT": ("data", "shortcut"),
 }
+DATA_KNOBS = {name: field for name, (config, field) in LIBRARY_SETTINGS.items() if config == "data"}
 
 
 def library_default(name: str, training: str = "workbench"):
     """The default of notebook parameter ``name`` (``LIBRARY_SETTINGS``): its config dataclass's,
     with training preset ``training`` applied to ``TrainConfig``."""
+    from ..data.synthetic import Config as SyntheticConfig
     from ..optim.sgm import SGMConfig
     from ..trainer import preset_config
 
     config, field = LIBRARY_SETTINGS[name]
-    return getattr(preset_config(training) if config == "train" else SGMConfig(), field)
+    defaults = {"train": lambda: preset_config(training), "sgm": SGMConfig, "data": SyntheticConfig}[config]()
+    return getattr(defaults, field)
 
 
 def fill_defaults(params: dict, profile: str) -> dict:

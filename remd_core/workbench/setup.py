@@ -72,13 +72,19 @@ def scale_label(namespace: dict) -> str:
     return ", ".join(parts)
 
 
-def load_dataset(name: str, n_eyes: int, image_size: int, n_bscans: int, seed: int = 0):
+def load_dataset(name: str, n_eyes: int, image_size: int, n_bscans: int, seed: int = 0, **knobs):
     """A catalog entry at the notebook's scale: synthetic entries are generated at ``n_eyes``,
     ``image_size`` and ``n_bscans`` (small sets get larger validation and test fractions so that
-    every split holds each MD stratum); real entries are read as they are."""
+    every split holds each MD stratum) with the generator's mechanism ``knobs`` (``tail=1.5``, ...;
+    ``data.synthetic.Config``); real entries are read as they are, and refuse a knob away from its default."""
     if data.entry(name).loader != "synthetic":
+        from ..data.synthetic import Config as SyntheticConfig
+
+        moved = sorted(k for k, v in knobs.items() if v != getattr(SyntheticConfig(), k))
+        if moved:
+            raise ConfigError(f"{name} is read from files: the synthetic generator's knobs {moved} do not apply to it")
         return data.load(name, seed=seed)
-    overrides = dict(n_eyes=n_eyes, image_size=image_size, oct_size=image_size, n_bscans=n_bscans)
+    overrides = dict(n_eyes=n_eyes, image_size=image_size, oct_size=image_size, n_bscans=n_bscans, **knobs)
     if n_eyes < 200:
         overrides.update(test=0.2, val=0.15)
     return data.load(name, seed=seed, **overrides)
