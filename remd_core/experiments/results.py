@@ -216,3 +216,35 @@ def sensitivity(table: pd.DataFrame, curves: dict[str, str]) -> pd.DataFrame:
         return pd.DataFrame(columns=["group", "parameter", "recipe", "model", "value", "seeds", "test_r2_mean",
                                      "test_r2_std"])
     return pd.concat(parts, ignore_index=True).sort_values(["parameter", "value"], kind="stable").reset_index(drop=True)
+
+
+def eye_predictions(folder: str | Path, keys: list[str] | None = None) -> pd.DataFrame:
+    """Per-eye test predictions of the finished cells under ``folder/cells`` (``keys``: only those):
+    one row per (cell, model, test eye), columns ``cell, recipe, seed, model, eye, y, prediction``,
+    eyes in test-split order (``experiments.paired`` compares two recipes on them). A result holds
+    them when its rows carry ``test_predictions`` and it records ``test`` (``ids`` and labels ``y``
+    of the test eyes), as the sweep's cell notebook does; cells without them are left out, named in
+    a warning and in ``attrs["without"]``."""
+    parts, without = [], []
+    for meta_path in sorted(Path(folder).glob("cells/*/cell.json")):
+        meta = read_json(meta_path, required=META_KEYS)
+        if meta is None or (keys is not None and meta["key"] not in keys):
+            continue
+        result = read_json(meta_path.parent / meta["result"], required=("rows",))
+        if result is None:
+            continue
+        test = result.get("test") or {}
+        if "ids" not in test or not all("test_predictions" in row for row in result["rows"]):
+            without.append(meta["key"])
+            continue
+        for row in result["rows"]:
+            parts.append(pd.DataFrame({"cell": meta["key"], "recipe": row["recipe"], "seed": row["seed"],
+                                       "model": row["model"], "eye": test["ids"], "y": test["y"],
+                                       "prediction": row["test_predictions"]}))
+    if without:
+        warnings.warn(f"{len(without)} finished cell(s) in {folder} record no per-eye test predictions (run before "
+                      f"they were recorded): {without}", stacklevel=2)
+    columns = ["cell", "recipe", "seed", "model", "eye", "y", "prediction"]
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    table.attrs["without"] = without
+    return table
