@@ -39,6 +39,16 @@ def test_every_paper_recipe_runs_on_a_tiny_set_and_resumes(dataset, tmp_path):
     pd.testing.assert_frame_equal(again, results)
 
 
+def test_a_comparison_records_each_test_eye_for_paired_statistics(dataset, tmp_path):
+    from remd_core.experiments.results import eye_predictions
+
+    results = compare(dataset, ["unimodal-oct"], [0], BASE, tmp_path, progress=False, log=lambda *_: None)
+    eyes = eye_predictions(tmp_path)
+    assert list(eyes["eye"]) == list(dataset.test.ids) and set(eyes["model"]) == {"oct"}
+    np.testing.assert_allclose(eyes["y"], dataset.test.y.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(eyes["prediction"], results["test_predictions"].iloc[0])
+
+
 @pytest.mark.slow
 def test_stage2_starts_from_the_stage1_encoders(dataset, tmp_path):
     from remd_core.experiments.recipes import stage1

@@ -47,7 +47,8 @@ def run_cell(dataset: MultimodalDataset, name: str, config: TrainConfig, store: 
         with atomic_path(store.cell_dir(key) / "history.csv") as tmp:
             result.history.to_csv(tmp, index=False)
     rows = [{**row, "dataset": dataset.name} for row in rows]
-    store.write_result(key, rows, {"DATASET": dataset.name, "RECIPE": name, "SEED": config.seed})
+    store.write_result(key, rows, {"DATASET": dataset.name, "RECIPE": name, "SEED": config.seed},
+                       test={"ids": list(dataset.test.ids), "y": dataset.test.y.tolist()})
     for row in rows:
         log(f"{name} [{row['model']}] seed {config.seed}: test R2 {row['test_r2']:.3f}  MSE {row['test_mse']:.2f}  "
             f"MAE {row['test_mae']:.2f}  ({row['seconds']:.0f} s)")

@@ -55,8 +55,10 @@ class ResultStore:
                    {"key": cell.key, "index": cell.index, "groups": list(cell.groups), "swept": swept,
                     "result": f"results/{self.result_name}.json", "settings": settings}, indent=2)
 
-    def write_result(self, key: str, rows: list[dict], parameters: dict) -> None:
-        write_json(self.result_path(key), {"parameters": parameters, "rows": rows})
+    def write_result(self, key: str, rows: list[dict], parameters: dict, test: dict | None = None) -> None:
+        """``test``: the test eyes' ``ids`` and labels ``y``, with which ``eye_predictions`` reads the
+        rows' ``test_predictions`` eye by eye."""
+        write_json(self.result_path(key), {"parameters": parameters, "rows": rows, **({"test": test} if test else {})})
 
     def write_error(self, key: str, summary: str, detail: str = "") -> None:
         write_text(self.cell_dir(key) / "error.txt", f"cell {key} failed (its folder: {self.cell_dir(key)}; a "

@@ -59,7 +59,7 @@ PROFILES = {
 LIBRARY_SETTINGS = {
     "BATCH_SIZE": ("train", "batch_size"), "LR": ("train", "lr"), "MARGIN_M0": ("train", "margin_m0"),
     "MARGIN_BETA": ("train", "margin_beta"), "MARGIN_WARMUP": ("train", "margin_warmup"),
-    "REFERENCE_RUN_STEPS": ("train", "reference_run_steps"),
+    "REFERENCE_RUN_STEPS": ("train", "reference_run_steps"), "PROBE_EVERY": ("train", "probe_every"),
     "GAMMA_BASE": ("sgm", "gamma_base"), "GAMMA_MIN": ("sgm", "gamma_min"), "GAMMA_MAX": ("sgm", "gamma_max"),
     "WINDOW": ("sgm", "window"), "SHARPNESS": ("sgm", "sharpness"),
     # the synthetic generator's mechanism knobs (issue 14's testbed; remd_core.data.synthetic.Config)
