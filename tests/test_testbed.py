@@ -6,8 +6,8 @@ import pytest
 
 from remd_core import metrics
 from remd_core.experiments.grid import expand
-from remd_core.experiments.testbed import (OUTCOMES, best_unimodal, oscillation, outcomes, phase_grid, settings_per_group,
-                                           verdict)
+from remd_core.experiments.testbed import (OUTCOMES, best_unimodal, mechanism_knobs, oscillation, outcomes, phase_grid,
+                                           settings_per_group, verdict)
 from remd_core.workbench.sweep import load_grid
 
 RECIPES = ["unimodal-oct", "unimodal-fundus", "naive-fusion", "mmpareto", "re-m3dr", "pretrained-naive-fusion"]
@@ -24,6 +24,7 @@ def test_the_grid_has_one_default_setting_shared_by_every_mechanism():
     assert len(phase) == 9 * 6
     # the tail and gap sub-grids are the diagram's row and column through the default: no cell of their own
     assert {c.key for c in expand(grid, seeds=[0], groups=["tail", "gap"])} <= {c.key for c in phase}
+    assert mechanism_knobs(grid, "phase") == ["TAIL", "FUNDUS_DISCORDANCE_DB"]  # not the grid-wide PROBE_EVERY
 
 
 def _setting(rng, tail, n_eyes=40, seeds=(0, 1, 2), fusion_noise=1.0):

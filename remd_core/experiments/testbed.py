@@ -38,6 +38,11 @@ OUTCOMES = (("fusion - best unimodal", "naive-fusion", BEST_UNIMODAL),
 """(name, recipe A, recipe B): each outcome is metric(A) - metric(B)."""
 
 
+def mechanism_knobs(grid, group: str) -> list[str]:
+    """The testbed knobs that sub-grid ``group`` of ``grid`` sets (not the grid-wide ``PROBE_EVERY``)."""
+    return [k for k in grid.groups[group].params if k in KNOBS]
+
+
 def knobs_in(table: pd.DataFrame) -> list[str]:
     """The testbed knobs that ``table`` (``results.collect``) holds as columns."""
     return [k for k in KNOBS if k in table]
