@@ -78,7 +78,9 @@ def test_an_absent_modality_is_left_out_of_the_fusion_and_the_gradients(dataset)
     model.eval()
     out = model(inputs)
     oct_alone = out["evidential"].student["oct"]
-    assert torch.equal(out["fused"][:4], oct_alone.loc[:4])
+    # the OCT Student-t up to float64 rounding: fusing with a zero weight divides the OCT term by its own
+    # weight, w * x / w, which is x only to the last bit on some builds (it differs by 1 ulp with torch 2.13.0 here)
+    torch.testing.assert_close(out["fused"][:4], oct_alone.loc[:4], rtol=1e-12, atol=0)
     torch.testing.assert_close(out["predictive"].scale[:4], oct_alone.scale[:4], rtol=1e-12, atol=0)
     assert not torch.equal(out["fused"][4:], oct_alone.loc[4:])
     changed = dict(inputs, fundus=inputs["fundus"].clone())
