@@ -73,6 +73,11 @@ def settings_per_group(table: pd.DataFrame, grid) -> list[str]:
     return [g for g in grid.groups if len(in_group(table, g)[knobs].drop_duplicates()) >= 2]
 
 
+def _setting_label(values, swept) -> str:
+    """``"TAIL=2, FUNDUS_DISCORDANCE_DB=0.75"``: the ``swept`` knobs of one setting (a mapping or a row)."""
+    return ", ".join(f"{k}={values[k]:g}" for k in swept)
+
+
 def outcomes(table: pd.DataFrame, predictions: pd.DataFrame, group: str | None = None, swept=(),
              metrics=("r2", "mse"), level: float = LEVEL, **paired) -> pd.DataFrame:
     """One row per (setting, outcome, metric): the knob values, ``outcome``, ``a``, ``b`` (the recipes;
@@ -90,23 +95,22 @@ def outcomes(table: pd.DataFrame, predictions: pd.DataFrame, group: str | None =
         present = set(rows["recipe"])
         cells = set(rows["cell"])
         setting_predictions = predictions[predictions["cell"].isin(cells)]
-        pairs, names = [], []
+        named = {}  # (A, B) -> outcome
         for name, a, b in OUTCOMES:
             if b == BEST_UNIMODAL:
                 if not present & set(UNIMODAL):
                     continue
                 b = best_unimodal(rows)
             if {a, b} <= present:
-                pairs.append((a, b))
-                names.append(name)
-        if not pairs:
+                named[(a, b)] = name
+        if not named:
             continue
-        result = paired_table(setting_predictions, pairs, metrics=metrics, level=level, **paired)
-        result.insert(0, "outcome", [names[pairs.index((a, b))] for a, b in zip(result["a"], result["b"])])
+        result = paired_table(setting_predictions, list(named), metrics=metrics, level=level, **paired)
+        result.insert(0, "outcome", [named[pair] for pair in zip(result["a"], result["b"])])
         setting = dict(zip(knobs, values if isinstance(values, tuple) else (values,)))
         for knob, value in reversed(setting.items()):
             result.insert(0, knob, value)
-        result.insert(0, "setting", ", ".join(f"{k}={setting[k]:g}" for k in swept))
+        result.insert(0, "setting", _setting_label(setting, swept))
         result.insert(0, "mechanism", group)
         parts.append(result)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -139,7 +143,7 @@ def oscillation(folder: str | Path, table: pd.DataFrame, recipe: str = "naive-fu
         seeds=("seed", "nunique"), batch_oscillation=("batch_oscillation", "mean"),
         batch_oscillation_sd=("batch_oscillation", "std"), probe_oscillation=("probe_oscillation", "mean"),
         probe_oscillation_sd=("probe_oscillation", "std"), probe_every=("probe_every", "first")).reset_index()
-    summary.insert(0, "setting", summary.apply(lambda r: ", ".join(f"{k}={r[k]:g}" for k in swept), axis=1))
+    summary.insert(0, "setting", summary.apply(lambda r: _setting_label(r, swept), axis=1))
     summary.insert(0, "mechanism", group)
     summary.insert(0, "recipe", recipe)
     return summary
