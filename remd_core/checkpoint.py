@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .files import load_torch, remove_stale_temporaries, save_torch
+from .timing import timed
 
 FORMAT = 1
 LAST = "last.pt"
@@ -92,6 +93,7 @@ class Checkpoints:
         self._remove_stale(state["best"]["file"])
         return state
 
+    @timed("checkpoints")
     def save(self, state: dict, best_weights: dict | None = None) -> None:
         """Write ``last.pt`` (``state["best"]["file"]`` names the best weights); ``best_weights``,
         when given, are that file's new content and are written first."""

@@ -71,6 +71,7 @@ from .data.format import MultimodalDataset, MultimodalSplit
 from .diagnosis.probe import build_probe
 from .files import load_torch, save_torch
 from .paths import display_path
+from .timing import timed
 from .losses import SMAPE_FLOOR_DB, margin_schedule, reference_step, regression_loss, stage1_objective
 from .models import EncoderConfig, MultimodalRegressor
 from .models.evidential import predictive_interval
@@ -347,6 +348,7 @@ def _outputs(model, split: MultimodalSplit, kinds: dict[str, str], batch_size: i
             yield model(prepare_inputs(batch, model.modalities, kinds, augment=False, device=device, dtype=model.dtype))
 
 
+@timed("evaluation")
 def predict(model, split: MultimodalSplit, kinds: dict[str, str], label_mean: float,
             label_std: float, batch_size: int = 64, device="cpu", head: str = "fused") -> np.ndarray:
     """Predictions of the fused head (or of unimodal head ``head``) for a split, in label units."""
@@ -355,6 +357,7 @@ def predict(model, split: MultimodalSplit, kinds: dict[str, str], label_mean: fl
     return (torch.cat(out) * label_std + label_mean).numpy()
 
 
+@timed("evaluation")
 def predict_intervals(model, split: MultimodalSplit, kinds: dict[str, str], label_mean: float, label_std: float,
                       batch_size: int = 64, device="cpu", level: float = metrics.INTERVAL_LEVEL) -> np.ndarray | None:
     """Central ``level`` predictive intervals ``[N, 2]`` in label units, for a model whose outputs hold a

@@ -30,13 +30,35 @@ def test_every_paper_recipe_runs_on_a_tiny_set_and_resumes(dataset, tmp_path):
                     ("echomen-oct", "oct"), ("echomen-fundus", "fundus")}
     assert set(rows.index) == one_modality | {(r, "fusion") for r in names if r not in {r for r, _ in one_modality}}
     assert results["test_n"].eq(15).all() and results[["many_n", "medium_n", "few_n"]].sum(axis=1).eq(15).all()
-    # stage 1 is trained once per kind and reused by every recipe that starts from it
+    # stage 1 is trained once per kind and reused by every recipe that starts from it (the unimodal recipes: plain)
     stage1 = sorted(p.name.split("-seed")[0] for p in (tmp_path / "stage1").iterdir())
-    assert stage1 == ["adaptive", "echomen", "fixed", "rnc", "simclr"]
+    assert stage1 == ["adaptive", "echomen", "fixed", "plain", "rnc", "simclr"]
     history = pd.read_csv(tmp_path / "cells" / f"{dataset.name}__re-m3dr__seed0" / "history.csv")
     assert {"gamma", "sharpness", "cos", "loss_fundus", "loss_oct"} <= set(history.columns)
     again = compare(dataset, names, [0], BASE, tmp_path, progress=False, log=lambda *_: None)
     pd.testing.assert_frame_equal(again, results)
+
+
+def test_a_unimodal_recipe_is_the_plain_stage1_of_its_modality_trained_once(dataset, tmp_path):
+    from dataclasses import replace
+
+    from remd_core.trainer import fit
+
+    probed = replace(BASE, probe_every=2, probe_size=8)
+    rows, record = run_recipe("unimodal-oct", dataset, probed, tmp_path, progress=False)
+    direct = fit(dataset, replace(probed, modalities=("oct",), strategy_options={"unimodal_weight": 0.0}), progress=False)
+    # the same training as the recipe's own configuration (the row, the curves), served from the stage-1 cache
+    assert rows[0]["model"] == "oct" and rows[0]["recipe"] == "unimodal-oct"
+    assert rows[0]["test_predictions"] == np.asarray(direct.predictions["test"]).round(4).tolist()
+    columns = [c for c in direct.history.columns if c != "margin"]  # stage 1 logs its (unused) fixed margin
+    pd.testing.assert_frame_equal(record.history[columns], direct.history[columns], check_dtype=False)
+    assert record.best_epoch == direct.best_epoch and "probe_loss_oct" in record.history
+    # pretrained-naive-fusion finds that encoder and trains only the fundus one; unimodal-fundus then trains nothing
+    run_recipe("pretrained-naive-fusion", dataset, probed, tmp_path, progress=False)
+    (folder,) = (tmp_path / "stage1").glob("plain-seed0-*")
+    oct_written = (folder / "oct.pt").stat().st_mtime_ns
+    again, _ = run_recipe("unimodal-oct", dataset, probed, tmp_path, progress=False)
+    assert pd.DataFrame(again).equals(pd.DataFrame(rows)) and (folder / "oct.pt").stat().st_mtime_ns == oct_written
 
 
 def test_a_comparison_records_each_test_eye_for_paired_statistics(dataset, tmp_path):

@@ -12,6 +12,7 @@ import yaml
 
 from ..config import from_dict
 from ..paths import catalog_dir
+from ..timing import timed
 from .checks import DataError
 from .format import MultimodalDataset
 
@@ -108,6 +109,7 @@ def _resolve_manifest(config, e: CatalogEntry, from_entry: bool):
     return config
 
 
+@timed("data")
 def load(name: str | None = None, **overrides) -> MultimodalDataset:
     """Load catalog entry ``name`` (the catalog's default when None) with parameter overrides."""
     name = name or default_name()

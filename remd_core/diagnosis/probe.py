@@ -55,6 +55,7 @@ from torch import nn
 
 from .. import metrics
 from ..optim.strategy import frozen_batchnorm_stats
+from ..timing import timed
 from ..transforms import LABELS, SECOND_VIEW, prepare_inputs, to_device
 
 PROBE_STREAM = 0x9B0BE
@@ -129,6 +130,7 @@ class Probe:
         self.masks = {name: torch.as_tensor(np.isin(probe_set.regions, regions), device=device)
                       for name, regions in REGION_GROUPS.items()}
 
+    @timed("probes")
     @torch.no_grad()
     def evaluate(self, model: nn.Module, margin: float | None = None) -> dict[str, torch.Tensor]:
         """The probe losses of ``model`` as it is now: ``probe_loss_fused``, ``probe_loss_<modality>``

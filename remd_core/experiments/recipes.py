@@ -12,9 +12,12 @@ unimodal model on its own), ``am-naive-fusion`` (AM stage 1, then naive fusion),
 Control (not in the paper): ``pretrained-naive-fusion``, stage 1 with the same epochs but no
 contrastive term, then naive fusion. Two-stage recipes train for twice the epochs of one-stage
 ones; this control separates the effect of the contrastive objective from that of pretraining.
+A unimodal recipe (``unimodal-oct``) trains exactly that plain stage 1 for its modality (the same
+configuration, so the same weights), so it is served from the same cache: a testbed setting trains
+each plain unimodal model once for ``unimodal-<m>`` and ``pretrained-naive-fusion`` together.
 
 A recipe is at most two stages. Stage-1 encoders are trained once per (data set, seed, margin
-kind, training settings) and reused by every recipe that starts from them (kept under the run
+kind, training settings, modality) and reused by every recipe that starts from them (kept under the run
 folder's ``stage1/``); a file lock makes the cache safe to share between parallel workers (``remd
 sweep``). ``run_recipe`` returns one result row per evaluated model, with test metrics overall and
 per region (many / medium / few MD bins of ``metrics.region_labels``).
@@ -31,10 +34,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..data.format import MultimodalDataset
-from ..files import load_torch, read_json, write_json
+from ..files import atomic_path, load_torch, read_json, write_json
 from ..optim import build_strategy
+from ..timing import phase, timed
 from ..trainer import OWN_LOSS_HEADS, FitResult, TrainConfig, fit, save_encoders
 
 
@@ -124,10 +129,21 @@ NOT_IN_PAPER = (*CONTROL_RECIPES, "rnc", *MISSING_RECIPES)
 PAPER_RECIPES = ("unimodal-fundus", "unimodal-oct", *(r for r in FUSION_RECIPES if r not in NOT_IN_PAPER))
 
 
+@dataclass(frozen=True)
+class StageRecord:
+    """The training curves of a model a recipe reports from a shared stage 1 (``unimodal-<m>``): what
+    a cell records of it (``history.csv``, ``epochs.csv``), where a trained recipe has a ``FitResult``."""
+    history: pd.DataFrame
+    epochs: pd.DataFrame
+    best_epoch: int
+
+
 def recipe(name: str) -> Recipe:
     if name.startswith("unimodal-"):
         modality = name.removeprefix("unimodal-")
-        return Recipe(name, f"{modality} alone (Table 1 unimodal baseline)", modality=modality,
+        # the plain stage 1 of one modality (see the module docstring); run_recipe trains it directly when
+        # the base configuration's head is not stage 1's linear one
+        return Recipe(name, f"{modality} alone (Table 1 unimodal baseline)", "plain", None, modality=modality,
                       options=(("unimodal_weight", 0.0),))
     if name not in FUSION_RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known: unimodal-<modality>, {', '.join(FUSION_RECIPES)}")
@@ -165,19 +181,38 @@ def _locked(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def stage1_config(base: TrainConfig, kind: str) -> TrainConfig:
+    """The training configuration of stage 1 of kind ``kind`` (every modality; ``stage1`` trains one at a time)."""
+    return replace(base, strategy="joint", strategy_options={"unimodal_weight": 0.0}, contrastive=kind != "plain",
+                   adaptive_margin=kind == "adaptive", init_encoders={}, head="linear",
+                   contrastive_loss=kind if kind in COMPARATOR_STAGE1 else "am-supcon")
+
+
+def stage_record(encoder: str | Path) -> StageRecord | None:
+    """The training curves kept beside a stage-1 encoder file (None for a cache written before they were kept)."""
+    encoder = Path(encoder)
+    history, epochs = encoder.with_suffix(".history.csv"), encoder.with_suffix(".epochs.csv")
+    if not (history.exists() and epochs.exists()):
+        return None
+    epochs = pd.read_csv(epochs)
+    return StageRecord(pd.read_csv(history), epochs, int(epochs.loc[epochs["val_r2"].idxmax(), "epoch"]))
+
+
+@timed("stage1")
 def stage1(dataset: MultimodalDataset, base: TrainConfig, kind: str, folder: Path,
-           progress: bool = True, checkpoint_every: int = 0) -> tuple[dict[str, str], list[dict]]:
-    """Train (or reuse) one encoder per modality (contrastive unless ``kind == "plain"``); returns
-    encoder paths and result rows. Training checkpoints go to ``<key>/checkpoints/<modality>``, so
-    an interrupted stage 1 continues where it stopped; they are removed once the encoder is saved.
-    A corrupt encoder or result file is reported and that encoder is trained again."""
-    config = replace(base, strategy="joint", strategy_options={"unimodal_weight": 0.0}, contrastive=kind != "plain",
-                     adaptive_margin=kind == "adaptive", init_encoders={}, head="linear",
-                     contrastive_loss=kind if kind in COMPARATOR_STAGE1 else "am-supcon")
+           progress: bool = True, checkpoint_every: int = 0, modalities: tuple[str, ...] | None = None
+           ) -> tuple[dict[str, str], list[dict]]:
+    """Train (or reuse) one encoder per modality (``modalities``; None: every modality of the data
+    set), contrastive unless ``kind == "plain"``; returns encoder paths and result rows. Each model's
+    training curves are kept beside it (``<modality>.history.csv``, ``.epochs.csv``; ``stage_record``).
+    Training checkpoints go to ``<key>/checkpoints/<modality>``, so an interrupted stage 1 continues
+    where it stopped; they are removed once the encoder is saved. A corrupt encoder or result file is
+    reported and that encoder is trained again."""
+    config = stage1_config(base, kind)
     out = Path(folder) / _stage1_key(dataset, config, kind)
     paths, rows = {}, []
     with _locked(out):
-        for modality in dataset.spec.modality_names:
+        for modality in modalities or dataset.spec.modality_names:
             marker, encoder = out / f"{modality}.json", out / f"{modality}.pt"
             row = read_json(marker, required=("model", "test_r2")) if load_torch(encoder) is not None else None
             if row is None:
@@ -186,6 +221,10 @@ def stage1(dataset: MultimodalDataset, base: TrainConfig, kind: str, folder: Pat
                 result = fit(dataset, replace(config, modalities=(modality,)), progress=progress,
                              checkpoint_dir=checkpoints, resume=True, checkpoint_every=checkpoint_every)
                 save_encoders(result.model, out)
+                with atomic_path(out / f"{modality}.history.csv") as tmp:
+                    result.history.to_csv(tmp, index=False)
+                with atomic_path(out / f"{modality}.epochs.csv") as tmp:
+                    result.epochs.to_csv(tmp, index=False)
                 row = result_row(result, model=modality)
                 write_json(marker, row)  # the encoders (written atomically) come before this marker
                 shutil.rmtree(checkpoints, ignore_errors=True)
@@ -212,34 +251,37 @@ def stage2_options(r: Recipe, overrides: dict[str, dict] | None = None) -> dict:
 def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir: Path,
                progress: bool = True, strategy_options: dict[str, dict] | None = None,
                checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0
-               ) -> tuple[list[dict], FitResult | None]:
+               ) -> tuple[list[dict], FitResult | StageRecord | None]:
     """Run recipe ``name`` with the training settings of ``base`` (epochs, seed, encoder, ...).
     ``strategy_options`` maps a strategy name to option overrides (``{"sgm": {"gamma_base": 3}}``),
     applied only when the recipe's stage 2 uses that strategy (``stage2_options``).
     ``checkpoint_dir``: stage 2 checkpoints there (at epoch ends, and every ``checkpoint_every``
     steps when > 0) and resumes from a checkpoint it finds (stage 1 always checkpoints inside its
     cache); the caller removes it once the result is recorded.
-    Returns the result rows and the last stage's ``FitResult`` (``None`` for ``am-only``)."""
+    Returns the result rows and the last stage's ``FitResult``; for a model reported from stage 1, its
+    ``StageRecord`` (``unimodal-<m>``) or ``None`` (``am-only``, which reports every modality)."""
     r = recipe(name)
+    if r.stage1 == "plain" and r.strategy is None and base.head != "linear":
+        r = replace(r, stage1=None, strategy="joint")  # a unimodal model with another head than stage 1's
     options = stage2_options(r, strategy_options)
     if r.strategy:  # a mistyped option fails here, not after stage 1 has trained
         build_strategy(r.strategy, options)
     init = {}
     if r.stage1:
-        init, stage1_rows = stage1(dataset, base, r.stage1, Path(workdir) / "stage1", progress, checkpoint_every)
+        init, stage1_rows = stage1(dataset, base, r.stage1, Path(workdir) / "stage1", progress, checkpoint_every,
+                                   modalities=(r.modality,) if r.modality else None)
         if r.strategy is None:
-            return [{**row, "recipe": name} for row in stage1_rows], None
+            return [{**row, "recipe": name} for row in stage1_rows], stage_record(init[r.modality]) if r.modality else None
     modalities = (r.modality,) if r.modality else None
-    if r.modality:  # a one-modality recipe from stage 1 takes that modality's encoder only
-        init = {m: path for m, path in init.items() if m == r.modality}
     head = r.head or base.head
     own_loss = {"regression_loss": "mse"} if head in OWN_LOSS_HEADS else {}  # unused: the head trains on its own loss
     config = replace(base, modalities=modalities, strategy=r.strategy, strategy_options=options,
                      init_encoders=init, head=head, contrastive=r.regulariser is not None,
                      contrastive_loss=r.regulariser or base.contrastive_loss, **own_loss, **dict(r.settings),
                      encoder=replace(base.encoder, **dict(r.encoder)))
-    result = fit(dataset, config, progress=progress, checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None,
-                 checkpoint_every=checkpoint_every)
+    with phase("stage2"):
+        result = fit(dataset, config, progress=progress, checkpoint_dir=checkpoint_dir,
+                     resume=checkpoint_dir is not None, checkpoint_every=checkpoint_every)
     model = r.modality or "fusion"
     return [{**result_row(result, model=model), "recipe": name}], result
 

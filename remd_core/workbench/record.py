@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..files import atomic_path, write_json
 from ..paths import outputs_dir
+from ..timing import timed
 
 
 def run_folder(run_dir: str | Path = "") -> Path:
@@ -25,12 +26,14 @@ def run_folder(run_dir: str | Path = "") -> Path:
     return folder
 
 
+@timed("writing")
 def record_results(notebook: str, values: dict, run_dir: str | Path = "") -> pd.Series:
     """Write ``values`` to ``<run_dir>/results/<notebook>.json`` and return them as a Series."""
     write_json(run_folder(run_dir) / "results" / f"{notebook}.json", values, indent=2)
     return pd.Series(values, name=notebook)
 
 
+@timed("writing")
 def save_figure(fig, name: str, run_dir: str | Path = "") -> list[Path]:
     """Save a figure under ``<run_dir>/figures/``: PNG always (plotly through kaleido), plus a
     self-contained HTML file (plotly.js embedded, no network needed) for plotly figures."""
@@ -50,6 +53,7 @@ def save_figure(fig, name: str, run_dir: str | Path = "") -> list[Path]:
     return [png]
 
 
+@timed("writing")
 def save_table(table: pd.DataFrame, name: str, run_dir: str | Path = "") -> list[Path]:
     """Save a table under ``<run_dir>/tables/`` as CSV and parquet (index included)."""
     folder = run_folder(run_dir) / "tables"
