@@ -109,7 +109,7 @@ def cmd_sweep(args) -> int:
         args.resume_command = resume_command(args, folder.name, flag=False)
         tls = {k: v for k, v in (("ca", args.tls_ca), ("cert", args.tls_cert), ("key", args.tls_key)) if v}
         table = run_sweep(grid, folder, args.profile, seeds, groups, parse_assignments(args.set), args.workers,
-                          scheduler=args.scheduler, slurm=args.slurm, tls=tls or None)
+                          scheduler=args.scheduler, slurm=args.slurm, tls=tls or None, notebooks=args.notebooks)
     except SweepError as err:
         table, failure = err.table, err
     except ConfigError as err:  # a mistake in the grid or the command, found before anything ran
@@ -124,7 +124,7 @@ def cmd_sweep(args) -> int:
         print(summary[[c for c in columns if c in summary]].round(3).to_string())
     print(f"\nwall time {time.perf_counter() - start:.0f} s")
     print(f"results: {folder}\n  results.csv and results.parquet (one row per cell and model), grid.yaml, "
-          "provenance.json, cells/<key>/ (executed notebook, results, figures, error.txt if it failed)")
+          "provenance.json, cells/<key>/ (results, curves, error.txt if it failed; the executed notebook with --notebooks)")
     if failure:
         print(f"\n{failure}", file=sys.stderr)
         return 1
@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         w.add_argument(f"--tls-{name}", default=None, metavar="FILE",
                        help=f"TLS {what} for --scheduler (default: $REMD_TLS_{name.upper()})")
     w.add_argument("--run", default=None, help="run folder under outputs/ (default: sweep-<grid name>); rerun: resume")
+    w.add_argument("--notebooks", action="store_true",
+                   help="execute the cell notebook for every cell (an executed notebook in each cell's folder); "
+                        "default: its steps as a function in a warm worker process, the same results files")
     w.set_defaults(func=cmd_sweep)
     return parser
 

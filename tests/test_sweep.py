@@ -39,7 +39,7 @@ def test_cell_notebook_follows_the_template_and_the_agreed_parameters():
         "PROBE_EVERY", "GAMMA_BASE", "GAMMA_MIN", "GAMMA_MAX", "WINDOW", "TAIL", "OCT_DISCORDANCE_DB",
         "FUNDUS_DISCORDANCE_DB", "REDUNDANCY", "OCT_FLOOR_UM", "LABEL_NOISE", "SHORTCUT", "CHECKPOINT_EVERY", "RUN_DIR",
         "WORK_DIR"]
-    assert 'record_results("train_recipe"' in nb.cells[-2].source and nb.cells[-1].cell_type == "markdown"
+    assert "cell_record(P" in nb.cells[-2].source and nb.cells[-1].cell_type == "markdown"
     checked = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("# NBVAL_CHECK_OUTPUT")]
     assert checked and all(c.outputs for c in checked)  # the smoke profile's reference output, for nbval
 
@@ -96,10 +96,12 @@ def test_paper_grid_is_the_union_of_its_tables_without_duplicates():
     table2 = expand(grid, seeds=[0], groups=["table2"])
     assert [c.params["RECIPE"] for c in table2] == ["re-m3dr", "wo-am", "am-only", "am-naive-fusion", "am-mmpareto",
                                                    "pretrained-naive-fusion"]
-    # stage-1 trainers first: one cell per shared set of encoders, then cells without stage 1
+    # stage-1 trainers first: one cell per shared set of encoders (the unimodal recipes are the plain stage 1),
+    # then cells without stage 1, then the cells that find their encoders trained
     order = [c.params["RECIPE"] for c in schedule(expand(grid, seeds=[0], groups=["table1", "table2"]), STAGE2_ONLY)]
-    assert order[:5] == ["simclr", "echomen-oct", "re-m3dr", "wo-am", "pretrained-naive-fusion"]
-    assert order[-5:] == ["echomen-fundus", "echomen", "am-only", "am-naive-fusion", "am-mmpareto"]
+    assert order[:5] == ["unimodal-fundus", "simclr", "echomen-oct", "re-m3dr", "wo-am"]
+    assert order[-7:] == ["unimodal-oct", "echomen-fundus", "echomen", "am-only", "am-naive-fusion", "am-mmpareto",
+                          "pretrained-naive-fusion"]
 
 
 def test_groups_select_by_name_or_prefix():
@@ -147,8 +149,8 @@ def test_sweep_runs_cells_in_parallel_resumes_and_reports_failures(tmp_path, mon
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     grid = grid_file(tmp_path, MINI)
     folder = tmp_path / "outputs" / "sweep-mini"
-    with pytest.raises(SweepError, match=BROKEN) as failure:
-        run_sweep(grid, folder, profile="smoke", workers=2, progress=False)
+    with pytest.raises(SweepError, match=BROKEN) as failure:  # a papermill execution per cell
+        run_sweep(grid, folder, profile="smoke", workers=2, progress=False, notebooks=True)
     assert list(failure.value.failed) == [BROKEN]
     error = (folder / "cells" / BROKEN / "error.txt").read_text()
     assert BROKEN in error and "resnet7" in error and not (folder / "cells" / BROKEN / "results").exists()
@@ -174,6 +176,7 @@ def test_sweep_runs_cells_in_parallel_resumes_and_reports_failures(tmp_path, mon
     again = run_sweep(grid, folder, profile="smoke", groups=["main"], progress=False)
     assert again.attrs["executed"] == [] and sorted(again.attrs["skipped"]) == sorted(GOOD)
     assert {k: os.stat(p).st_mtime_ns for k, p in results.items()} == stamps
+
     with pytest.warns(UserWarning, match=BROKEN):  # collect names the cells it has no results for
         pd.testing.assert_frame_equal(again, collect(folder))
     # finished cells are never mixed with cells of other settings
@@ -188,3 +191,19 @@ def test_sweep_runs_cells_in_parallel_resumes_and_reports_failures(tmp_path, mon
     out = capsys.readouterr().out
     assert "all 2 cells finished earlier" in out and "naive-fusion" in out and "results.csv" in out
     assert {k: os.stat(p).st_mtime_ns for k, p in results.items()} == stamps
+
+    # the default: each cell's steps as a function in a warm worker, the same rows and the same failure,
+    # with where its seconds went instead of an executed notebook
+    functions = tmp_path / "outputs" / "functions"
+    with pytest.raises(SweepError, match=BROKEN) as failure:
+        run_sweep(grid, functions, profile="smoke", workers=2, progress=False)
+    assert "resnet7" in (functions / "cells" / BROKEN / "error.txt").read_text()
+    columns = ["cell", "model", "test_r2", "test_mse", "few_mse", "val_r2", "best_epoch"]
+    pd.testing.assert_frame_equal(failure.value.table[columns], table[columns])
+    for key in GOOD:
+        cell = functions / "cells" / key
+        assert {"history.csv", "epochs.csv", "provenance.json"} <= {p.name for p in cell.iterdir()}
+        assert not (cell / "train_recipe.ipynb").exists()
+        seconds = json.loads((cell / "results" / "train_recipe.json").read_text())["seconds"]
+        assert set(seconds) <= {"data", "stage1", "stage2", "probes", "evaluation", "checkpoints", "writing"}
+        assert seconds.get("stage1", 0) + seconds.get("stage2", 0) > 0  # the data may be the worker's from a cell before

@@ -3,7 +3,9 @@
 A grid file (``sweeps/*.yaml``) names a cell notebook (default ``notebooks/cells/train_recipe.ipynb``)
 and the values of its parameters: ``datasets`` (parameter ``DATASET``), ``recipes`` (``RECIPE``),
 ``seeds`` (``SEED``) and ``params`` (any other declared parameter -> list of values). A cell of the
-grid is one combination; it runs as one papermill execution of the notebook. ``grids:`` holds named
+grid is one combination; it runs as the notebook's steps called as a function in a warm worker
+process (``cell.run_train_recipe``), or, with ``notebooks=True`` (``remd sweep --notebooks``), as one
+papermill execution of the notebook, which leaves an executed notebook in the cell's folder. ``grids:`` holds named
 sub-grids (the paper's ``table1``, ``table2``, ``sensitivity_m0``, ...); each sub-grid's
 ``datasets``, ``recipes`` and ``seeds`` replace the top-level ones, and its ``params`` are merged
 over the top-level ``params`` by name. The grid's cells are the union over the sub-grids; a cell that
@@ -51,6 +53,7 @@ from ..experiments.provenance import write as write_provenance
 from ..experiments.results import ResultStore, collect, group_summaries, sensitivity, summarize
 from ..files import remove_stale_temporaries, write_text
 from ..paths import REPO_ROOT, display_path
+from .cell import CELL_FUNCTIONS
 from .runner import (LIBRARY_SETTINGS, NOTEBOOK_DIR, execute_notebook, notebook_defaults,
                      resolve_parameters)
 
@@ -144,16 +147,21 @@ def check_settings(params: dict, context: str) -> None:
             raise ConfigError(f"{context}: {err}") from None
 
 
-def execute_cell(notebook: str, output: str, params: dict) -> tuple[str, str] | None:
+def execute_cell(notebook: str, output: str, params: dict, as_notebook: bool = True) -> tuple[str, str] | None:
     """One cell, on a worker: a papermill execution of the cell notebook (its kernel's output in
-    ``kernel.log`` beside it). Returns ``None``, or the error's first line and text."""
+    ``kernel.log`` beside it), or, with ``as_notebook=False``, the notebook's steps as a function in
+    the worker process itself (``cell.CELL_FUNCTIONS``: the same files, no kernel to start and no
+    imports to repeat). Returns ``None``, or the error's first line and text."""
     from ..experiments.engine import describe_error
     from ..experiments.executors import pin_gpu
 
     pin_gpu()
     output = Path(output)
     try:
-        execute_notebook(Path(notebook), output, params, kernel_log=output.with_name("kernel.log"))
+        if as_notebook:
+            execute_notebook(Path(notebook), output, params, kernel_log=output.with_name("kernel.log"))
+        else:
+            CELL_FUNCTIONS[Path(notebook).relative_to(NOTEBOOK_DIR).as_posix()](params)
     except Exception as err:  # the cell's failure, reported by the engine; the others go on
         return describe_error(err)
     return None
@@ -202,13 +210,15 @@ def _write_resolved_grid(grid: Grid, folder: Path, selected: list[str], seeds, p
 def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu", seeds: list[int] | None = None,
               groups: list[str] | None = None, overrides: dict | None = None, workers: int | None = None,
               progress: bool = True, scheduler: str | None = None, slurm: str | None = None,
-              tls: dict | None = None, executor=None) -> pd.DataFrame:
+              tls: dict | None = None, executor=None, notebooks: bool = False) -> pd.DataFrame:
     """Execute the selected cells of ``grid`` that are not finished in ``folder`` and return
     ``collect(folder)``; see the module docstring. ``overrides`` set other notebook parameters in
     every cell (``{"EPOCHS": 30}``). The cells run on Dask (``executors.open_dask``): ``workers``
     local processes (default: the CPU count, at most the number of cells to run), or the cluster at
     ``scheduler``, or a Slurm cluster of profile ``slurm``; or on ``executor``, one already open
-    (``experiments.executors``; the caller closes it). The returned table's ``attrs`` hold the
+    (``experiments.executors``; the caller closes it). A cell notebook with a function
+    (``cell.CELL_FUNCTIONS``) runs as that function in the worker; ``notebooks=True`` executes the
+    notebook for every cell instead (an executed notebook per cell, at 4-5 s more a cell). The returned table's ``attrs`` hold the
     keys of the cells ``executed`` and ``skipped`` (finished earlier) by this call. Raises
     ``SweepError`` if cells failed (each leaves ``cells/<key>/error.txt``), after the others finished
     and were collected."""
@@ -245,8 +255,9 @@ def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu",
                 write_text(store.cell_dir(cell.key) / "provenance.json", provenance.read_text())
             say(f"sweep {grid.name}: {len(cells)} cells, {len(skipped)} finished earlier (skipped), {len(pending)} "
                 f"to run on {executor.description}; folder {display_path(folder)}")
+            as_notebook = notebooks or grid.notebook.relative_to(NOTEBOOK_DIR).as_posix() not in CELL_FUNCTIONS
             tasks = {c.key: (execute_cell, (str(grid.notebook), str(store.cell_dir(c.key) / grid.notebook.name),
-                                            plans[c.key])) for c in pending}
+                                            plans[c.key], as_notebook)) for c in pending}
             run_cells(store, schedule(pending, STAGE2_ONLY), tasks, executor, f"sweep {grid.name}", progress,
                       outcome=outcome)
         except KeyboardInterrupt:
