@@ -68,9 +68,10 @@ from . import metrics
 from .checkpoint import Checkpoints, restore_rng_state, rng_state
 from .config import from_dict
 from .data.format import MultimodalDataset, MultimodalSplit
-from .diagnosis.probe import build_probe
+from .diagnosis.probe import build_probe, probe_cadence
 from .files import load_torch, save_torch
 from .paths import display_path
+from .progress import report
 from .timing import timed
 from .losses import SMAPE_FLOOR_DB, margin_schedule, reference_step, regression_loss, stage1_objective
 from .models import EncoderConfig, MultimodalRegressor
@@ -127,11 +128,18 @@ class TrainConfig:
     the SMAPE denominator's floor in the ``smape_r2`` loss (``losses.SMAPE_FLOOR_DB``).
     ``TRAINING_PRESETS["paper"]`` holds every setting the paper states (``preset_config``).
 
-    ``probe_every``: every this many steps (0: never) evaluate a fixed probe set of ``probe_size``
-    training eyes, stratified over the MD regions, and log its per-head losses (``probe_loss_fused``,
-    ``probe_loss_<modality>``, per region ``..._head``, ``..._tail``; NaN on other steps) beside the
-    batch losses: a loss curve that moves only when the weights do (``diagnosis.probe``). It changes
-    no training draw or weight."""
+    ``probe_every``: every this many steps (0: never; ``"auto"``: as often as keeps the probes within
+    ``diagnosis.probe.PROBE_BUDGET`` of training, ``probe_cadence``) evaluate a fixed probe set of
+    ``probe_size`` training eyes, stratified over the MD regions, and log its per-head losses
+    (``probe_loss_fused``, ``probe_loss_<modality>``, per region ``..._head``, ``..._tail``; NaN on
+    other steps) beside the batch losses: a loss curve that moves only when the weights do
+    (``diagnosis.probe``). It changes no training draw or weight."""
+
+    def probe_steps(self) -> int:
+        """Steps between probes (0: no probe), ``"auto"`` resolved by ``diagnosis.probe.probe_cadence``."""
+        if self.probe_every == "auto":
+            return probe_cadence(self.batch_size, self.probe_size)
+        return int(self.probe_every)
 
     modalities: tuple[str, ...] | None = None
     strategy: str = "joint"
@@ -170,7 +178,7 @@ class TrainConfig:
     init_encoders: dict = field(default_factory=dict)
     eval_batch_size: int = 64
     compile: bool = False
-    probe_every: int = 0
+    probe_every: int | str = 0
     probe_size: int = 64
 
     def __post_init__(self):
@@ -220,8 +228,10 @@ class TrainConfig:
             raise ValueError(f"contrastive_weight must be >= 0 (or None), got {self.contrastive_weight}")
         if self.lds and self.regression_loss != "mse":
             raise ValueError(f"lds weights the MSE; got regression_loss={self.regression_loss!r}")
-        if int(self.probe_every) != self.probe_every or self.probe_every < 0:
-            raise ValueError(f"probe_every must be an integer >= 0 steps (0: no probe), got {self.probe_every!r}")
+        if self.probe_every != "auto" and (isinstance(self.probe_every, str) or int(self.probe_every) != self.probe_every
+                                           or self.probe_every < 0):
+            raise ValueError(f"probe_every must be an integer >= 0 steps (0: no probe) or 'auto' (probes within "
+                             f"diagnosis.probe.PROBE_BUDGET of training), got {self.probe_every!r}")
         if int(self.probe_size) != self.probe_size or self.probe_size < 2:
             raise ValueError(f"probe_size must be an integer >= 2 eyes (BatchNorm needs a batch statistic), "
                              f"got {self.probe_size!r}")
@@ -572,6 +582,7 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
     strategy.prepare_run(RunInfo(metrics.region_labels(train.y.numpy()), float(mean), float(std), total_steps,
                                  config.reference_run_steps))
     probe = build_probe(dataset.train, config, objective)  # None unless config.probe_every
+    probe_every = config.probe_steps()
 
     run = {"epoch": 0, "step": 0, "order": None, "position": 0, "step_rows": [], "epoch_rows": [], "partial_rows": [],
            "best": {"r2": -np.inf, "epoch": 0, "file": None}, "elapsed": 0.0}
@@ -620,7 +631,7 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
             step_logs["margin"] = torch.tensor(margin)
             logs.append(step_logs)
             run["step"] += 1
-            if probe is not None and run["step"] % config.probe_every == 0:
+            if probe is not None and run["step"] % probe_every == 0:
                 step_logs.update(probe.evaluate(model, margin))
             run["position"] += config.batch_size
             if checkpoints and checkpoint_every and run["step"] % checkpoint_every == 0 and run["position"] < stop:
@@ -642,6 +653,7 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
             best_weights = copy.deepcopy(model.state_dict())
             run["best"] = {"r2": val["r2"], "epoch": epoch + 1, "file": f"best-epoch{epoch + 1}.pt"}
         run["epoch"] = epoch + 1
+        report(f"{label} seed {config.seed}: epoch {epoch + 1}/{config.epochs}, validation R2 {val['r2']:.3f}")
         if checkpoints:
             save_checkpoint([], best_weights if improved else None)
         bar.update(1)

@@ -47,6 +47,7 @@ Modes during the probe:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,9 +174,26 @@ class Probe:
         return self.objective.regression(target)(pred[mask].to(self.objective.dtype), target).detach()
 
 
+PROBE_BUDGET = 0.10
+"""The share of training time probes may take by default (``TrainConfig.probe_every="auto"``)."""
+
+
+def probe_cadence(batch_size: int, probe_size: int, budget: float = PROBE_BUDGET) -> int:
+    """Steps between probes so that they cost at most ``budget`` of training: a probe is one
+    forward pass over ``probe_size`` eyes without gradients; a training step is a forward and a
+    backward pass over ``batch_size`` eyes, which costs about three forward passes (the backward
+    pass about two) and more for strategies that take several passes a step (SAM, SGM, MMPareto).
+    So ``k`` steps cost at least ``3 k batch_size`` eye-passes and a probe ``probe_size``:
+    ``k = ceil(probe_size / (3 batch_size budget))``. ``benchmarks/bench_cell.py`` measures the
+    share this gives (the notes of ``docs/performance.md``)."""
+    if not 0 < budget <= 1:
+        raise ValueError(f"budget must be in (0, 1], got {budget}")
+    return max(1, math.ceil(probe_size / (3 * batch_size * budget)))
+
+
 def build_probe(split, config, objective) -> Probe | None:
     """The run's ``Probe`` (None when ``config.probe_every`` is 0): ``config.probe_size`` eyes of
     ``split`` (the whole training split) chosen by ``select_probe_set`` with ``config.seed``."""
-    if not config.probe_every:
+    if not config.probe_steps():
         return None
     return Probe(split, select_probe_set(split.y, config.probe_size, config.seed), objective)
