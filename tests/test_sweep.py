@@ -37,7 +37,8 @@ def test_cell_notebook_follows_the_template_and_the_agreed_parameters():
         "PROFILE", "DATASET", "RECIPE", "SEED", "N_EYES", "IMAGE_SIZE", "N_BSCANS", "EPOCHS", "ARCH", "WIDTH",
         "PRECISION", "TRAINING", "BATCH_SIZE", "LR", "MARGIN_M0", "MARGIN_BETA", "MARGIN_WARMUP", "REFERENCE_RUN_STEPS",
         "PROBE_EVERY", "GAMMA_BASE", "GAMMA_MIN", "GAMMA_MAX", "WINDOW", "TAIL", "OCT_DISCORDANCE_DB",
-        "FUNDUS_DISCORDANCE_DB", "REDUNDANCY", "OCT_FLOOR_UM", "LABEL_NOISE", "SHORTCUT", "CHECKPOINT_EVERY", "RUN_DIR",
+        "FUNDUS_DISCORDANCE_DB", "REDUNDANCY", "OCT_FLOOR_UM", "LABEL_NOISE", "SHORTCUT", "NULL_MODALITY", "CHECKPOINT_EVERY",
+        "RUN_DIR",
         "WORK_DIR"]
     assert "cell_record(P" in nb.cells[-2].source and nb.cells[-1].cell_type == "markdown"
     checked = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("# NBVAL_CHECK_OUTPUT")]

@@ -415,3 +415,25 @@ def test_shortcut_head_threshold_and_intensity_by_hand():
     assert set(np.round(z[3:], 12)) <= set(np.round(head_z, 12))
     np.testing.assert_allclose(mech.shortcut_intensity(np.array([-1.0, 0.0, 2.0]), 1.0), [0.35, 0.5, 0.8])
     assert np.all(mech.shortcut_z(np.array([-10.0, -20.0]), -6.0, np.random.default_rng(0)) == 0)
+
+
+# null modality (the testbed's positive control)
+
+def test_a_null_modality_carries_no_md_and_leaves_everything_else_as_it_was():
+    today = generate(Config(**TINY), progress=False)
+    null = generate(Config(**TINY, null_modality="fundus"), progress=False)
+    md, source = null["md"], null["fundus_source_md"]
+    assert np.array_equal(np.sort(source), np.sort(md))  # another eye's MD: the same marginal distribution
+    # the photo's structure follows the unrelated MD, and so carries nothing about the eye's own
+    assert np.corrcoef(today["cup_to_disc"], md)[0, 1] < -0.5
+    assert abs(np.corrcoef(null["cup_to_disc"], md)[0, 1]) < 4 / np.sqrt(len(md))
+    assert np.corrcoef(null["cup_to_disc"], source)[0, 1] < -0.5
+    # the OCT, the labels and every other draw are today's, bit for bit
+    assert set(null) - set(today) == {"fundus_source_md"}
+    for key in today:
+        if key not in ("fundus", "md_fundus", "cup_to_disc"):
+            assert np.array_equal(today[key], null[key]), key
+    assert Config(**TINY, null_modality="oct").generation_key() != Config(**TINY).generation_key()
+    assert Config(**TINY, null_modality="none").generation_key() == Config(**TINY).generation_key()
+    with pytest.raises(ValueError, match="null_modality must be one of"):
+        Config(**TINY, null_modality="photo")

@@ -16,10 +16,13 @@ RECIPES = ["unimodal-oct", "unimodal-fundus", "naive-fusion", "mmpareto", "re-m3
 def test_the_grid_has_one_default_setting_shared_by_every_mechanism():
     grid = load_grid("fusion_fails")
     cells = expand(grid)
-    assert len(cells) == len({c.key for c in cells}) == 14 * 6 * 3
+    assert len(cells) == len({c.key for c in cells}) == 15 * 6 * 3
     default = [c for c in cells if set(c.params) == {"DATASET", "RECIPE", "SEED", "PROBE_EVERY"}]
-    # every sub-grid but the training-set size (whose default is the profile's N_EYES) holds the default setting
-    assert len(default) == 6 * 3 and all(set(c.groups) == set(grid.groups) - {"train_size"} for c in default)
+    # every sub-grid but the training-set size (whose default is the profile's N_EYES) and the positive control
+    # holds the default setting
+    assert len(default) == 6 * 3 and all(set(c.groups) == set(grid.groups) - {"train_size", "control"}
+                                         for c in default)
+    assert mechanism_knobs(grid, "control") == ["NULL_MODALITY"]
     phase = expand(grid, seeds=[0], groups=["phase"])
     assert len(phase) == 9 * 6
     # the tail and gap sub-grids are the diagram's row and column through the default: no cell of their own
@@ -111,3 +114,45 @@ def test_oscillation_sets_the_probe_beside_the_batch_loss_per_setting(tmp_path):
     # by hand: every 10-step window moves 10 x 0.3 and nets 0 (an even number of steps), over a mean level of 1.15
     assert row["batch_oscillation"] == pytest.approx(10 * 0.3 / 10 / 1.15, rel=1e-12)
     assert row["probe_oscillation"] == 0.0
+
+
+def test_the_scale_scan_picks_the_cheapest_candidate_where_both_modalities_learn():
+    from remd_core.experiments.testbed import scale_scan
+
+    def rows(group, oct_r2, fundus_r2, seconds):
+        return [{"groups": group, "recipe": f"unimodal-{m}", "seed": s, "test_r2": r2[s], "seconds": seconds,
+                 "N_EYES": 700} for m, r2 in (("oct", oct_r2), ("fundus", fundus_r2)) for s in range(3)]
+
+    table = pd.DataFrame(rows("small", [0.5, 0.4, 0.45], [0.0, 0.1, 0.05], 5.0)      # the fundus does not learn
+                         + rows("large", [0.6, 0.6, 0.6], [0.5, 0.4, 0.3], 30.0)
+                         + rows("medium", [0.5, 0.4, 0.3], [0.35, 0.3, 0.31], 12.0))  # means 0.4 and 0.32
+    scan, chosen = scale_scan(table)
+    assert chosen == "medium" and list(scan["candidate"]) == ["small", "medium", "large"]
+    medium = scan.set_index("candidate").loc["medium"]
+    assert medium["fundus_r2_mean"] == pytest.approx(0.32) and medium["seconds_per_seed"] == pytest.approx(24.0)
+    assert medium["oct_r2_sd"] == pytest.approx(0.1) and medium["oct_seeds"] == 3
+    assert list(scan["both_learn"]) == [False, True, True]
+    assert scale_scan(table, threshold=0.7)[1] is None
+
+
+def test_the_positive_control_is_read_from_its_interval():
+    from remd_core.experiments.testbed import control_check
+
+    rng = np.random.default_rng(4)
+    frames = [_setting(rng, 1.0), _setting(rng, 1.0, fusion_noise=6.0)]
+    for (predictions, table), null in zip(frames, ("none", "fundus")):
+        table["NULL_MODALITY"], table["groups"] = null, "control" if null != "none" else "tail;control"
+        predictions["cell"] = predictions["cell"] + f"__{null}"
+        table["cell"] = table["cell"] + f"__{null}"
+    predictions = pd.concat([p for p, _ in frames])
+    table = pd.concat([t for _, t in frames]).drop(columns="TAIL")
+    result = outcomes(table, predictions, group="control", swept=["NULL_MODALITY"], metrics=("r2",), n_boot=200,
+                      n_perm=200)
+    assert set(result["setting"]) == {"NULL_MODALITY=none", "NULL_MODALITY=fundus"}
+    seen, sentence = control_check(result)
+    assert seen is True and sentence.startswith("Positive control (NULL_MODALITY=fundus, 3 seeds): fusion - best "
+                                                "unimodal -") and "below 0" in sentence
+    # the same comparison where fusion does not lose: the testbed cannot be trusted
+    seen, sentence = control_check(result.assign(ci_high=result["ci_high"].abs() + 0.1))
+    assert seen is False and "NOT below 0" in sentence
+    assert control_check(result[result["NULL_MODALITY"] == "none"])[0] is None

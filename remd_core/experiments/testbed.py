@@ -27,7 +27,8 @@ import pandas as pd
 from ..diagnosis.oscillation import probe_heads, probe_oscillation_table
 from .paired import LEVEL, paired_table
 
-KNOBS = ("TAIL", "FUNDUS_DISCORDANCE_DB", "REDUNDANCY", "OCT_FLOOR_UM", "LABEL_NOISE", "SHORTCUT", "N_EYES")
+KNOBS = ("TAIL", "FUNDUS_DISCORDANCE_DB", "REDUNDANCY", "OCT_FLOOR_UM", "LABEL_NOISE", "SHORTCUT", "NULL_MODALITY",
+         "N_EYES")
 """The testbed's notebook parameters (``workbench.runner.LIBRARY_SETTINGS``' data knobs, and the size)."""
 UNIMODAL = ("unimodal-oct", "unimodal-fundus")
 BEST_UNIMODAL = "best unimodal"
@@ -75,7 +76,12 @@ def settings_per_group(table: pd.DataFrame, grid) -> list[str]:
 
 def _setting_label(values, swept) -> str:
     """``"TAIL=2, FUNDUS_DISCORDANCE_DB=0.75"``: the ``swept`` knobs of one setting (a mapping or a row)."""
-    return ", ".join(f"{k}={values[k]:g}" for k in swept)
+    return ", ".join(f"{k}={_value(values[k])}" for k in swept)
+
+
+def _value(value) -> str:
+    """A knob's value as the grid file writes it (``2``, ``0.75``, ``fundus``)."""
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def outcomes(table: pd.DataFrame, predictions: pd.DataFrame, group: str | None = None, swept=(),
@@ -114,6 +120,32 @@ def outcomes(table: pd.DataFrame, predictions: pd.DataFrame, group: str | None =
         result.insert(0, "mechanism", group)
         parts.append(result)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+CONTROL = ("control", "NULL_MODALITY")
+"""The positive control's sub-grid and knob (``sweeps/fusion_fails.yaml``): fusion must lose there."""
+
+
+def control_check(results: pd.DataFrame, metric: str = "r2") -> tuple[bool | None, str]:
+    """Does the testbed see a fusion failure where one is built in? ``results``: ``outcomes`` of the
+    control sub-grid. True when ``fusion - best unimodal`` at the control setting (a modality without
+    MD information) lies below 0 with its interval; False when it does not (then no other sub-grid's
+    verdict can be trusted: the outcome measure misses a failure it was built to show); None without
+    control results. Returns the answer and a sentence written from the numbers."""
+    group, knob = CONTROL
+    rows = results[(results["outcome"] == OUTCOMES[0][0]) & (results["metric"] == metric)]
+    if knob in rows:
+        rows = rows[rows[knob].astype(str) != "none"]
+    if rows.empty:
+        return None, f"no positive-control results ({group} sub-grid, {knob}); run it first"
+    row = rows.iloc[0]
+    where = f"{knob}={row[knob]}, {row.get('n_seeds', '?')} seeds"
+    if row["ci_high"] < 0:
+        return True, (f"Positive control ({where}): fusion - best unimodal {_interval(row)} ({metric}), below 0: the "
+                      f"testbed shows a fusion failure where one is built in (best modality: {row['b']}).")
+    return False, (f"Positive control ({where}): fusion - best unimodal {_interval(row)} ({metric}) is NOT below 0: "
+                   "the testbed misses a failure built into the data, so no verdict below can be trusted until "
+                   "that is understood.")
 
 
 def oscillation(folder: str | Path, table: pd.DataFrame, recipe: str = "naive-fusion", group: str | None = None,
@@ -171,19 +203,46 @@ def verdict(results: pd.DataFrame, knob: str, metric: str = "r2") -> str:
     puzzle = rows[(rows["outcome"] == OUTCOMES[0][0]) & (rows["ci_high"] < 0)]
     for value, at in rows.groupby(knob, sort=True):
         parts = [f"{r['outcome']} {_interval(r)}" for _, r in at.iterrows()]
-        lines.append(f"  {knob} = {value:g}: " + "; ".join(parts))
-    seen = ", ".join(f"{v:g}" for v in sorted(set(rows[knob])))
+        lines.append(f"  {knob} = {_value(value)}: " + "; ".join(parts))
+    seen = ", ".join(_value(v) for v in sorted(set(rows[knob])))
     if puzzle.empty:
         head = (f"{knob} over {seen}: fusion is never below the best modality ({metric}, "
                 f"{LEVEL:.0%} paired intervals); no setting in this range reproduces the puzzle.")
     else:
-        below = ", ".join(f"{v:g}" for v in puzzle[knob])
+        below = ", ".join(_value(v) for v in puzzle[knob])
         recovered = []
         for value in puzzle[knob]:
             at = rows[rows[knob] == value].set_index("outcome")
             fixes = [name for name in ("re-m3dr - fusion", "mmpareto - fusion", "re-m3dr - control")
                      if name in at.index and at.loc[name, "ci_low"] > 0]
-            recovered.append(f"{value:g}: " + (", ".join(fixes) + " above 0" if fixes else "nothing distinguishably better"))
+            recovered.append(f"{_value(value)}: " + (", ".join(fixes) + " above 0" if fixes else "nothing distinguishably better"))
         head = (f"{knob} over {seen}: fusion falls below the best modality at {below}. "
                 f"There: {'; '.join(recovered)}.")
     return "\n".join([head, *lines])
+
+
+SCALE_KNOBS = ("N_EYES", "IMAGE_SIZE", "N_BSCANS", "WIDTH", "EPOCHS")
+LEARNS_R2 = 0.3
+"""Issue 21's criterion for the testbed's scale: each unimodal model's mean test R^2 over seeds."""
+
+
+def scale_scan(table: pd.DataFrame, threshold: float = LEARNS_R2) -> tuple[pd.DataFrame, str | None]:
+    """The scan of candidate scales (``sweeps/testbed_scale.yaml``'s table, ``results.collect``): per
+    sub-grid, each unimodal model's test R^2 (mean, SD, seeds) and training seconds per model, whether
+    both reach ``threshold``, and the cheapest sub-grid that does (by its seconds per seed for both
+    models; None when none does)."""
+    rows = []
+    for group, part in table.groupby("groups", sort=False):
+        row = {"candidate": group, **{k: part[k].iloc[0] for k in SCALE_KNOBS if k in part}}
+        for recipe, r in part.groupby("recipe"):
+            modality = recipe.removeprefix("unimodal-")
+            row.update({f"{modality}_r2_mean": r["test_r2"].mean(), f"{modality}_r2_sd": r["test_r2"].std(),
+                        f"{modality}_seeds": r["seed"].nunique()})
+        row["seconds_per_seed"] = part.groupby("seed")["seconds"].sum().mean()
+        rows.append(row)
+    scan = pd.DataFrame(rows)
+    means = [c for c in scan if c.endswith("_r2_mean")]
+    scan["both_learn"] = scan[means].ge(threshold).all(axis=1)
+    scan = scan.sort_values("seconds_per_seed", kind="stable").reset_index(drop=True)
+    chosen = scan.loc[scan["both_learn"], "candidate"]
+    return scan, (chosen.iloc[0] if len(chosen) else None)

@@ -13,12 +13,15 @@ import ast
 import json
 import os
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 from ..config import ConfigError
 from ..files import read_json, write_json
+from .. import progress as progress_lines
 from ..paths import REPO_ROOT, display_path, outputs_dir
 from ..experiments.provenance import write as write_provenance
 
@@ -33,17 +36,24 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # decides ("auto": float32 on CPU, bf16 autocast on CUDA). ``TRAINING`` names the training preset
 # (``trainer.TRAINING_PRESETS``): the gpu profile trains with every setting the paper states
 # (batch 8, Adam, SMAPE + R^2), the others with the workbench's (batch 16, AdamW, cosine, MSE).
-# ``reduced``: the scale at which this machine runs many-cell grids such as notebook 06's testbed
-# (``sweeps/fusion_fails.yaml``: several hundred cells, 3 seeds); ``TESTBED_GROUPS`` are the testbed's
-# sub-grids notebook 06 runs itself when no full sweep is there (None: all).
+# ``testbed``: the scale at which this machine runs notebook 06's testbed (``sweeps/fusion_fails.yaml``, 270
+# cells, 3 seeds): the smallest at which both modalities learn on the default data (each unimodal model's mean
+# test R^2 >= 0.3 over 3 seeds), chosen by the measured scan ``sweeps/testbed_scale.yaml`` (docs/testbed.md).
+# ``reduced``: the testbed's earlier scale, where the fundus model learns nothing (test R^2 0.04); kept for
+# ``benchmarks/bench_cell.py``'s comparisons. ``TESTBED_GROUPS`` are the testbed's sub-grids notebook 06 runs
+# itself when no full sweep is there (None: all): at the cpu and smoke profiles, the positive control beside
+# the default setting, which is what ``make run`` can afford.
 PROFILES = {
     "smoke": {"N_EYES": 80, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 1, "SEEDS": [0], "WIDTH": 0.125,
               "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": False,
-              "WORKERS": 2, "PRECISION": "float64", "TRAINING": "workbench", "TESTBED_GROUPS": ["tail"]},
+              "WORKERS": 2, "PRECISION": "float64", "TRAINING": "workbench", "TESTBED_GROUPS": ["control"]},
     "cpu": {"N_EYES": 700, "IMAGE_SIZE": 64, "N_BSCANS": 8, "EPOCHS": 8, "SEEDS": [0], "WIDTH": 0.25,
             "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
-            "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": ["tail"]},
+            "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": ["control"]},
     "reduced": {"N_EYES": 400, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 12, "SEEDS": [0, 1, 2], "WIDTH": 0.125,
+                "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
+                "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": None},
+    "testbed": {"N_EYES": 700, "IMAGE_SIZE": 64, "N_BSCANS": 4, "EPOCHS": 12, "SEEDS": [0, 1, 2], "WIDTH": 0.25,
                 "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
                 "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": None},
     "gpu": {"N_EYES": 700, "IMAGE_SIZE": 224, "N_BSCANS": 32, "EPOCHS": 100, "SEEDS": [0, 1, 2], "WIDTH": 1.0,
@@ -66,6 +76,7 @@ LIBRARY_SETTINGS = {
     "TAIL": ("data", "tail"), "OCT_DISCORDANCE_DB": ("data", "oct_discordance_db"),
     "FUNDUS_DISCORDANCE_DB": ("data", "fundus_discordance_db"), "REDUNDANCY": ("data", "redundancy"),
     "OCT_FLOOR_UM": ("data", "oct_floor_um"), "LABEL_NOISE": ("data", "label_noise"), "SHORTCUT": ("data", "shortcut"),
+    "NULL_MODALITY": ("data", "null_modality"),
 }
 DATA_KNOBS = {name: field for name, (config, field) in LIBRARY_SETTINGS.items() if config == "data"}
 
@@ -195,6 +206,43 @@ def execute_notebook(path: Path, output: Path, params: dict, kernel_log: Path | 
     running.replace(output)
 
 
+@contextmanager
+def followed(path: Path, prefix: str, show: bool = True, every: float = 0.5):
+    """Inside the block, the kernels (and the sweep workers they start) append progress lines to
+    ``path`` (``progress.report``: every epoch of every training run, every finished sweep cell);
+    a thread prints each new line with ``prefix`` as it comes, so the terminal says which notebook,
+    which run and which epoch."""
+    before = os.environ.get(progress_lines.ENV)
+    os.environ[progress_lines.ENV] = str(path)  # inherited by the kernel and by its Dask workers
+    path.touch()
+    done = threading.Event()
+
+    def follow():
+        with open(path) as handle:
+            handle.seek(0, os.SEEK_END)
+            while True:
+                stopping = done.is_set()
+                for line in handle.readlines():
+                    print(f"{prefix}{line.rstrip()}", flush=True)
+                if stopping:
+                    return
+                done.wait(every)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    if show:
+        thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        if show:
+            thread.join()
+        if before is None:
+            os.environ.pop(progress_lines.ENV, None)
+        else:
+            os.environ[progress_lines.ENV] = before
+
+
 def run_notebooks(profile: str = "cpu", run: str | None = None, names: list[str] | None = None,
                   overrides: dict | None = None, resume: bool = False, progress: bool = True) -> Path:
     """Execute the ordered notebooks (or ``names``) at ``profile`` into ``outputs/<run>/``.
@@ -231,7 +279,8 @@ def run_notebooks(profile: str = "cpu", run: str | None = None, names: list[str]
         # whole lines: a kernel's warnings on the same line would be filtered out with it (`make run`)
         print(f"[{i}/{len(plans)}] {path.name} at the {profile} profile ...", flush=True)
         start = time.perf_counter()
-        execute_notebook(path, folder / path.name, params, progress=progress)
+        with followed(folder / "progress.log", f"[{i}/{len(plans)}]   ", show=progress):
+            execute_notebook(path, folder / path.name, params, progress=progress)
         print(f"[{i}/{len(plans)}] {path.name} done in {time.perf_counter() - start:.0f} s", flush=True)
         finished.append(path.name)
         write_json(folder / "run.json", {**settings, "finished": finished})

@@ -6,8 +6,8 @@ an OCT volume whose RNFL follows Hood's structure-function model with a floor (`
 fundus photograph whose cup grows with damage (``fundus``), and tabular side information: age
 (weakly related to damage), sex and laterality. The stage stratum is derived from MD.
 
-Mechanism knobs (``tail``, ``redundancy``, ``oct_floor_um``, ``label_noise``, ``shortcut``; see
-``Config``) each turn on one mechanism of the study of when fusion fails. At their defaults the
+Mechanism knobs (``tail``, ``redundancy``, ``oct_floor_um``, ``label_noise``, ``shortcut``,
+``null_modality``; see ``Config``) each turn on one mechanism of the study of when fusion fails. At their defaults the
 generator is bit-identical to the one before they existed (tested against recorded digests), and
 they are left out of the cache key, so existing caches stay valid.
 
@@ -33,8 +33,8 @@ from ..checks import check_labels
 from ..format import DatasetSpec, ModalitySpec, MultimodalDataset, stage_from_md, tabular_tensor
 from .fundus import FundusKnobs, simulate_fundus
 from .md_distribution import preset, temper
-from .mechanisms import (LABEL_NOISE_STREAM, REDUNDANCY_STREAM, SHORTCUT_STREAM, add_shortcut_patch, mechanism_rng,
-                         noisy_label, shortcut_intensity, shortcut_z)
+from .mechanisms import (LABEL_NOISE_STREAM, NULL_MODALITY_STREAM, REDUNDANCY_STREAM, SHORTCUT_STREAM,
+                         add_shortcut_patch, mechanism_rng, noisy_label, shortcut_intensity, shortcut_z, unrelated_md)
 from .oct import OCTKnobs, simulate_oct
 
 GENERATOR_VERSION = 1
@@ -43,12 +43,13 @@ GENERATOR_VERSION = 1
 SPLIT_FIELDS = {"seed", "test", "val", "n_label_bins", "cache"}
 
 MECHANISM_DEFAULTS = {"tail": 1.0, "redundancy": 0.0, "oct_floor_um": 45.5, "label_noise": 0.0, "shortcut": 0.0,
-                      "shortcut_head_db": -6.0}
+                      "shortcut_head_db": -6.0, "null_modality": "none"}
 """Mechanism knobs and their defaults (today's generator); a knob at its default is left out of
 ``generation_key`` so caches written before the knobs existed stay valid."""
 
 MECHANISM_RANGES = {"tail": (0.0, 3.0), "redundancy": (0.0, 1.0), "oct_floor_um": (30.0, 63.0),
                     "label_noise": (0.0, 3.0), "shortcut": (0.0, 1.0)}
+NULL_MODALITIES = ("none", "fundus", "oct")
 """Allowed values (inclusive); ``shortcut_head_db`` must lie inside the distribution's MD range."""
 
 
@@ -83,6 +84,10 @@ class Config(SplitConfig):
       early-loss boundary): a corner patch in the fundus photo whose grey level tracks the true MD
       among eyes with ``MD >= shortcut_head_db`` and is noise elsewhere (latent ``shortcut_z``).
       ASSUMPTION (a controlled spurious cue).
+    * ``null_modality`` (``none``, ``fundus`` or ``oct``): that modality's images are drawn from
+      another eye's MD (``mechanisms.unrelated_md``), so it carries no information about MD while
+      looking like real data; the other modality is unchanged. Not a model of real data: the
+      testbed's positive control, where fusion must fall below the informative modality.
     """
 
     distribution: str = "uw-archive"
@@ -105,8 +110,11 @@ class Config(SplitConfig):
     label_noise: float = 0.0
     shortcut: float = 0.0
     shortcut_head_db: float = -6.0
+    null_modality: str = "none"
 
     def __post_init__(self):
+        if self.null_modality not in NULL_MODALITIES:
+            raise ValueError(f"synthetic data: null_modality must be one of {NULL_MODALITIES}; got {self.null_modality!r}")
         for name, (lo, hi) in MECHANISM_RANGES.items():
             value = getattr(self, name)
             if not (_is_number(value) and lo <= value <= hi):
@@ -157,6 +165,10 @@ def generate(config: Config, progress: bool = True) -> dict[str, np.ndarray]:
                                redundancy=config.redundancy)
     shared = (mechanism_rng(config.data_seed, REDUNDANCY_STREAM).standard_normal(n)
               if config.redundancy > 0 else None)
+    # the positive control: one modality's images follow another eye's MD (its own stream; none by default)
+    source = {"fundus": md, "oct": md}
+    if config.null_modality != "none":
+        source[config.null_modality] = unrelated_md(md, mechanism_rng(config.data_seed, NULL_MODALITY_STREAM))
     oct_parts, fundus_parts, latent_parts = [], [], []
     starts = range(0, n, config.chunk_size)
     streams = rng.spawn(len(starts))
@@ -164,9 +176,9 @@ def generate(config: Config, progress: bool = True) -> dict[str, np.ndarray]:
                               unit="chunk"):
         rows = slice(start, start + config.chunk_size)
         shared_rows = None if shared is None else shared[rows]
-        volume, oct_latents = simulate_oct(stream, md[rows], asymmetry[rows], left_eye[rows],
+        volume, oct_latents = simulate_oct(stream, source["oct"][rows], asymmetry[rows], left_eye[rows],
                                            config.n_bscans, config.oct_size, oct_knobs, shared_rows)
-        photo, fundus_latents = simulate_fundus(stream, md[rows], asymmetry[rows], left_eye[rows],
+        photo, fundus_latents = simulate_fundus(stream, source["fundus"][rows], asymmetry[rows], left_eye[rows],
                                                 config.image_size, fundus_knobs, shared_rows)
         oct_parts.append(volume)
         fundus_parts.append(photo)
@@ -183,6 +195,8 @@ def generate(config: Config, progress: bool = True) -> dict[str, np.ndarray]:
         label = noisy_label(md, config.label_noise, mechanism_rng(config.data_seed, LABEL_NOISE_STREAM),
                             distribution.md_min, distribution.md_max)
         latents["md_true"] = md
+    if config.null_modality != "none":
+        latents[f"{config.null_modality}_source_md"] = source[config.null_modality]
     return {
         "id": np.array([f"syn{i:05d}" for i in range(n)]),
         "md": label, "age": age, "male": male, "eye": left_eye.astype(float), "asymmetry": asymmetry,

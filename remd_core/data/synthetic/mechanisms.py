@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-REDUNDANCY_STREAM, LABEL_NOISE_STREAM, SHORTCUT_STREAM = 1, 2, 3
+REDUNDANCY_STREAM, LABEL_NOISE_STREAM, SHORTCUT_STREAM, NULL_MODALITY_STREAM = 1, 2, 3, 4
 
 RETEST_SD_NORMAL_DB = 0.6
 """SD of MD between repeated tests with little damage: 0.61 +/- 0.34 dB, short-term (tests within
@@ -118,3 +118,14 @@ def add_shortcut_patch(photo: np.ndarray, intensity: np.ndarray) -> np.ndarray:
     photo = photo.copy()
     photo[:, :, :k, :k] = (intensity * 255.0 + 0.5).astype(np.uint8)[:, None, None, None]
     return photo
+
+
+def unrelated_md(md: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The MD a null modality's images are drawn from (``Config.null_modality``): another eye's MD,
+    by a random permutation. Its images keep the marginal distribution of real ones (the same
+    mixture of healthy and damaged eyes, so nothing tells them apart by eye), but carry no
+    information about their own eye's MD: the positive control of the testbed (notebook 06). A
+    permutation can leave an eye its own MD (about one eye in all, whatever n), which leaves the
+    information negligible."""
+    return md[rng.permutation(len(md))]
+
