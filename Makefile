@@ -13,7 +13,7 @@ NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_s
 # other CPU kernel paths than this machine's: the checked outputs must not move (smoke = float64)
 KERNEL_SETTINGS := ATEN_CPU_CAPABILITY=default ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=SSE41 OMP_NUM_THREADS=2
 
-.PHONY: install run test test-kernels notebooks lab bench-data bench clean-cache
+.PHONY: install run test test-fast test-kernels notebooks lab bench-data bench bench-cell clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# the notebook pipeline 00-04 at the cpu profile on the embedded synthetic data (about 15 min here)
+# the notebook pipeline 00-06 at the cpu profile on the embedded synthetic data (docs/performance.md: its time)
 run: install
 	$(PY) -m remd_core run --profile cpu
 
@@ -36,6 +36,10 @@ run: install
 test: install
 	$(PYTEST) --durations=10 $(NBVAL) tests notebooks
 	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=2 $(PYTEST) -q $(NBVAL) notebooks/0[0-3]_*.ipynb notebooks/cells
+
+# while working: the unit tests that train nothing large (no slow marker), no notebooks (under 3 min here)
+test-fast: install
+	$(PYTEST) -q -m "not slow" tests
 
 test-kernels: install
 	@for setting in $(KERNEL_SETTINGS); do echo "== notebook checks with $$setting"; \
@@ -53,6 +57,10 @@ bench-data: install
 
 bench: install
 	$(PY) benchmarks/bench_steps.py
+
+# where a testbed cell's seconds go, in-process and through the sweep, at each scale (docs/performance.md)
+bench-cell: install
+	$(PY) benchmarks/bench_cell.py --scales smoke,reduced,cpu
 
 clean-cache:
 	rm -rf outputs/cache

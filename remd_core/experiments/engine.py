@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import write_text
+from ..progress import report
 from .executors import WORKER_RETRIES, dead_worker
 from .grid import Cell
 from .results import ResultStore
@@ -105,4 +106,5 @@ def run_cells(store: ResultStore, cells: list[Cell], tasks: dict, executor, titl
             left = len(cells) - bar.n
             bar.set_postfix_str(f"running {min(executor.slots, left)}, failed {len(outcome.failed)}")
             say(line)
+            report(f"{title} [{bar.n}/{len(cells)}] {line}")
     return outcome
