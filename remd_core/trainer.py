@@ -135,10 +135,11 @@ class TrainConfig:
     other steps) beside the batch losses: a loss curve that moves only when the weights do
     (``diagnosis.probe``). It changes no training draw or weight."""
 
-    def probe_steps(self) -> int:
-        """Steps between probes (0: no probe), ``"auto"`` resolved by ``diagnosis.probe.probe_cadence``."""
+    def probe_steps(self, total_steps: int | None = None) -> int:
+        """Steps between probes (0: no probe), ``"auto"`` resolved by ``diagnosis.probe.probe_cadence``
+        for a run of ``total_steps``."""
         if self.probe_every == "auto":
-            return probe_cadence(self.batch_size, self.probe_size)
+            return probe_cadence(self.batch_size, self.probe_size, total_steps)
         return int(self.probe_every)
 
     modalities: tuple[str, ...] | None = None
@@ -582,7 +583,7 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
     strategy.prepare_run(RunInfo(metrics.region_labels(train.y.numpy()), float(mean), float(std), total_steps,
                                  config.reference_run_steps))
     probe = build_probe(dataset.train, config, objective)  # None unless config.probe_every
-    probe_every = config.probe_steps()
+    probe_every = config.probe_steps(total_steps)
 
     run = {"epoch": 0, "step": 0, "order": None, "position": 0, "step_rows": [], "epoch_rows": [], "partial_rows": [],
            "best": {"r2": -np.inf, "epoch": 0, "file": None}, "elapsed": 0.0}

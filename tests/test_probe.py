@@ -233,3 +233,19 @@ def test_the_sentence_counts_curves_where_the_probe_oscillates_less():
     assert "probe 0.000 to 0.200, batch 0.100 to 0.500" in sentence and "some curves and not in others" in sentence
     assert "overstates how much" in describe_probe_oscillation(table.iloc[:1])
     assert describe_probe_oscillation(table.iloc[2:]).startswith("No curve has both indices")
+
+
+def test_auto_probes_stay_within_their_budget_and_give_short_runs_points():
+    from remd_core.diagnosis.probe import MIN_PROBE_POINTS, probe_cadence
+    from remd_core.trainer import TrainConfig
+
+    # k steps of 3 x batch eye-passes against one probe of 64 eyes: 64 / (3 * 16 * 14) = 9.5 % <= 10 %; 13 would be 10.3 %
+    assert probe_cadence(16, 64) == 14 and probe_cadence(8, 64) == 27 and probe_cadence(16, 64, budget=0.5) == 3
+    assert probe_cadence(16, 64, total_steps=208) == 14  # the cpu profile's 8 epochs of 26 steps
+    assert probe_cadence(16, 64, total_steps=70) == 70 // MIN_PROBE_POINTS == 8
+    assert probe_cadence(16, 64, total_steps=3) == 1
+    assert TrainConfig(probe_every="auto").probe_steps(1000) == 14 and TrainConfig(probe_every=5).probe_steps(3) == 5
+    assert TrainConfig().probe_steps(1000) == 0
+    for bad in ("sometimes", -1, 2.5):
+        with pytest.raises(ValueError, match="probe_every must be"):
+            TrainConfig(probe_every=bad)

@@ -177,18 +177,28 @@ class Probe:
 PROBE_BUDGET = 0.10
 """The share of training time probes may take by default (``TrainConfig.probe_every="auto"``)."""
 
+MIN_PROBE_POINTS = 8
+"""Probe points a run gets at least with ``"auto"``: fewer leave the probe's oscillation index (a
+window of several points) nothing to score."""
 
-def probe_cadence(batch_size: int, probe_size: int, budget: float = PROBE_BUDGET) -> int:
+
+def probe_cadence(batch_size: int, probe_size: int, total_steps: int | None = None,
+                  budget: float = PROBE_BUDGET) -> int:
     """Steps between probes so that they cost at most ``budget`` of training: a probe is one
     forward pass over ``probe_size`` eyes without gradients; a training step is a forward and a
     backward pass over ``batch_size`` eyes, which costs about three forward passes (the backward
     pass about two) and more for strategies that take several passes a step (SAM, SGM, MMPareto).
     So ``k`` steps cost at least ``3 k batch_size`` eye-passes and a probe ``probe_size``:
-    ``k = ceil(probe_size / (3 batch_size budget))``. ``benchmarks/bench_cell.py`` measures the
-    share this gives (the notes of ``docs/performance.md``)."""
+    ``k = ceil(probe_size / (3 batch_size budget))``. A run of ``total_steps`` shorter than
+    ``MIN_PROBE_POINTS`` such intervals is probed every ``total_steps // MIN_PROBE_POINTS`` steps
+    (at least every step) instead: a short run costs little either way, and its probe curve needs
+    points. ``benchmarks/bench_cell.py`` measures the share this gives (``docs/performance.md``)."""
     if not 0 < budget <= 1:
         raise ValueError(f"budget must be in (0, 1], got {budget}")
-    return max(1, math.ceil(probe_size / (3 * batch_size * budget)))
+    k = max(1, math.ceil(probe_size / (3 * batch_size * budget)))
+    if total_steps is not None:
+        k = min(k, max(1, total_steps // MIN_PROBE_POINTS))
+    return k
 
 
 def build_probe(split, config, objective) -> Probe | None:
