@@ -97,12 +97,12 @@ def test_paper_grid_is_the_union_of_its_tables_without_duplicates():
     table2 = expand(grid, seeds=[0], groups=["table2"])
     assert [c.params["RECIPE"] for c in table2] == ["re-m3dr", "wo-am", "am-only", "am-naive-fusion", "am-mmpareto",
                                                    "pretrained-naive-fusion"]
-    # stage-1 trainers first: one cell per shared set of encoders (the unimodal recipes are the plain stage 1),
-    # then cells without stage 1, then the cells that find their encoders trained
+    # stage-1 trainers first: one cell per encoder no earlier cell trains (a one-modality recipe trains its own
+    # modality's only: both unimodal recipes lead), then cells without stage 1, then the cells that find theirs trained
     order = [c.params["RECIPE"] for c in schedule(expand(grid, seeds=[0], groups=["table1", "table2"]), STAGE2_ONLY)]
-    assert order[:5] == ["unimodal-fundus", "simclr", "echomen-oct", "re-m3dr", "wo-am"]
-    assert order[-7:] == ["unimodal-oct", "echomen-fundus", "echomen", "am-only", "am-naive-fusion", "am-mmpareto",
-                          "pretrained-naive-fusion"]
+    assert order[:7] == ["unimodal-fundus", "unimodal-oct", "simclr", "echomen-oct", "echomen-fundus", "re-m3dr",
+                         "wo-am"]
+    assert order[-5:] == ["echomen", "am-only", "am-naive-fusion", "am-mmpareto", "pretrained-naive-fusion"]
 
 
 def test_groups_select_by_name_or_prefix():

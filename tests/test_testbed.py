@@ -18,10 +18,8 @@ def test_the_grid_has_one_default_setting_shared_by_every_mechanism():
     cells = expand(grid)
     assert len(cells) == len({c.key for c in cells}) == 15 * 6 * 3
     default = [c for c in cells if set(c.params) == {"DATASET", "RECIPE", "SEED", "PROBE_EVERY"}]
-    # every sub-grid but the training-set size (whose default is the profile's N_EYES) and the positive control
-    # holds the default setting
-    assert len(default) == 6 * 3 and all(set(c.groups) == set(grid.groups) - {"train_size", "control"}
-                                         for c in default)
+    # every sub-grid but the training-set size (whose default is the profile's N_EYES) holds the default setting
+    assert len(default) == 6 * 3 and all(set(c.groups) == set(grid.groups) - {"train_size"} for c in default)
     assert mechanism_knobs(grid, "control") == ["NULL_MODALITY"]
     phase = expand(grid, seeds=[0], groups=["phase"])
     assert len(phase) == 9 * 6

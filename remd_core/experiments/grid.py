@@ -206,20 +206,26 @@ def expand(grid: Grid, seeds: list[int] | None = None, groups: list[str] | None 
 
 
 def schedule(cells: list[Cell], stage2_only: set[str]) -> list[Cell]:
-    """Execution order: first one cell of each group of cells sharing stage-1 encoders (it trains
-    them), then the cells without stage 1, then the other cells of each group, which by then mostly
-    find their encoders trained instead of waiting on the cache lock. ``stage2_only`` names the
-    parameters that reach stage 2 only (used to order, never for correctness: the cache lock is)."""
+    """Execution order: first the cells that train stage-1 encoders no earlier cell trains (one per
+    group sharing them; a one-modality recipe such as ``unimodal-oct`` trains its modality's only,
+    so ``unimodal-oct`` and ``unimodal-fundus`` both lead, and train at once), then the cells without
+    stage 1, then the cells whose encoders the leaders train, which by then mostly find them trained
+    instead of waiting on the cache lock. ``stage2_only`` names the parameters that reach stage 2 only
+    (used to order, never for correctness: the cache lock is)."""
     from .recipes import recipe
 
-    leaders, single, followers, seen = [], [], [], set()
+    every = {recipe(c.params["RECIPE"]).modality for c in cells} - {None}  # the modalities one-modality recipes name
+    leaders, single, followers, seen = [], [], [], {}
     for cell in cells:
-        kind = recipe(cell.params["RECIPE"]).stage1
-        if kind is None:
+        r = recipe(cell.params["RECIPE"])
+        if r.stage1 is None:
             single.append(cell)
             continue
-        shared = (kind, *sorted((k, format_value(v)) for k, v in cell.params.items()
-                                if k not in stage2_only and k != "RECIPE"))
-        (followers if shared in seen else leaders).append(cell)
-        seen.add(shared)
+        shared = (r.stage1, *sorted((k, format_value(v)) for k, v in cell.params.items()
+                                    if k not in stage2_only and k != "RECIPE"))
+        trained = seen.setdefault(shared, set())
+        needs = {r.modality} if r.modality else {"*"}
+        covered = "*" in trained or needs <= trained or (needs == {"*"} and every and every <= trained)
+        (followers if covered else leaders).append(cell)
+        trained |= needs
     return leaders + single + followers

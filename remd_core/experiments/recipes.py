@@ -167,13 +167,14 @@ def _stage1_key(dataset: MultimodalDataset, config: TrainConfig, kind: str) -> s
 
 
 @contextmanager
-def _locked(folder: Path):
-    """Hold an exclusive lock on ``folder/.lock`` (created if missing) for the ``with`` block, so two
-    processes sharing a stage-1 cache neither train the same encoders twice nor read half-written
-    ones: the second waits, then finds them finished. The lock is released when the process exits,
-    even on a crash, so a stale lock file never blocks a rerun."""
+def _locked(folder: Path, name: str):
+    """Hold an exclusive lock on ``folder/.lock-<name>`` (created if missing) for the ``with`` block,
+    so two processes sharing a stage-1 cache neither train the same encoder twice nor read a
+    half-written one: the second waits, then finds it finished. One lock per modality, so two
+    workers train a setting's two encoders at once (``unimodal-oct`` and ``unimodal-fundus``). The
+    lock is released when the process exits, even on a crash, so a stale lock file never blocks a rerun."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
+    with open(folder / f".lock-{name}", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -211,8 +212,8 @@ def stage1(dataset: MultimodalDataset, base: TrainConfig, kind: str, folder: Pat
     config = stage1_config(base, kind)
     out = Path(folder) / _stage1_key(dataset, config, kind)
     paths, rows = {}, []
-    with _locked(out):
-        for modality in modalities or dataset.spec.modality_names:
+    for modality in modalities or dataset.spec.modality_names:
+        with _locked(out, modality):
             marker, encoder = out / f"{modality}.json", out / f"{modality}.pt"
             row = read_json(marker, required=("model", "test_r2")) if load_torch(encoder) is not None else None
             if row is None:
