@@ -53,7 +53,7 @@ PROFILES = {
     "reduced": {"N_EYES": 400, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 12, "SEEDS": [0, 1, 2], "WIDTH": 0.125,
                 "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
                 "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": None},
-    "testbed": {"N_EYES": 700, "IMAGE_SIZE": 64, "N_BSCANS": 4, "EPOCHS": 12, "SEEDS": [0, 1, 2], "WIDTH": 0.25,
+    "testbed": {"N_EYES": 500, "IMAGE_SIZE": 64, "N_BSCANS": 4, "EPOCHS": 12, "SEEDS": [0, 1, 2], "WIDTH": 0.25,
                 "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
                 "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": None},
     "gpu": {"N_EYES": 700, "IMAGE_SIZE": 224, "N_BSCANS": 32, "EPOCHS": 100, "SEEDS": [0, 1, 2], "WIDTH": 1.0,

@@ -18,6 +18,7 @@ the key: re-splitting never regenerates).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import numbers
@@ -208,15 +209,22 @@ def generate(config: Config, progress: bool = True) -> dict[str, np.ndarray]:
 def load_or_generate(config: Config, progress: bool = True) -> dict[str, np.ndarray]:
     """``generate`` with a cache under ``outputs/cache`` keyed by the generation parameters.
     Written atomically; a cache file that fails its CRC check is reported, moved aside and
-    generated again (``files.load_npz``)."""
+    generated again (``files.load_npz``). Processes that need the same data at once (a sweep's
+    workers starting a setting's cells) generate it once: the others wait on a lock per key, then
+    read the file."""
     if not config.cache:
         return generate(config, progress)
     path = cache_dir() / f"{config.generation_key()}.npz"
     cached = load_npz(path)
     if cached is not None:
         return cached
-    arrays = generate(config, progress)
-    save_npz(path, arrays)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on exit, even on a crash
+        cached = load_npz(path)
+        if cached is not None:
+            return cached
+        arrays = generate(config, progress)
+        save_npz(path, arrays)
     return arrays
 
 
