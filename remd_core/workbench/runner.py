@@ -39,6 +39,9 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # ``testbed``: the scale at which this machine runs notebook 06's testbed (``sweeps/fusion_fails.yaml``, 270
 # cells, 3 seeds): the smallest at which both modalities learn on the default data (each unimodal model's mean
 # test R^2 >= 0.3 over 3 seeds), chosen by the measured scan ``sweeps/testbed_scale.yaml`` (docs/testbed.md).
+# ``cpu`` is what ``make run`` runs within 15 minutes here (docs/performance.md): 4 B-scans (the scan measured
+# the same R^2 as 8 at 60 % of the cost), Table 2 alone in notebook 04 (Table 1's 20 recipes: ``remd sweep``),
+# the baseline and the two missing-modality systems in notebook 05 (``METHODS``), the testbed's control in 06.
 # ``reduced``: the testbed's earlier scale, where the fundus model learns nothing (test R^2 0.04); kept for
 # ``benchmarks/bench_cell.py``'s comparisons. ``TESTBED_GROUPS`` are the testbed's sub-grids notebook 06 runs
 # itself when no full sweep is there (None: all): at the cpu and smoke profiles, the positive control beside
@@ -47,9 +50,10 @@ PROFILES = {
     "smoke": {"N_EYES": 80, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 1, "SEEDS": [0], "WIDTH": 0.125,
               "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": False,
               "WORKERS": 2, "PRECISION": "float64", "TRAINING": "workbench", "TESTBED_GROUPS": ["control"]},
-    "cpu": {"N_EYES": 700, "IMAGE_SIZE": 64, "N_BSCANS": 8, "EPOCHS": 8, "SEEDS": [0], "WIDTH": 0.25,
-            "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
-            "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": ["control"]},
+    "cpu": {"N_EYES": 700, "IMAGE_SIZE": 64, "N_BSCANS": 4, "EPOCHS": 8, "SEEDS": [0], "WIDTH": 0.25,
+            "ARCH": "resnet18", "SWEEP_GROUPS": ["table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
+            "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": ["control"],
+            "METHODS": ["naive-fusion", "simmlm", "rima"]},
     "reduced": {"N_EYES": 400, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 12, "SEEDS": [0, 1, 2], "WIDTH": 0.125,
                 "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
                 "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": None},
