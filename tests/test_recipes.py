@@ -175,13 +175,13 @@ def test_stage1_cache_lock_excludes_a_second_process(tmp_path):
              "try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
              "except BlockingIOError: print('held')")
 
-    def check():
-        return subprocess.run([sys.executable, "-c", probe, str(tmp_path / ".lock")], capture_output=True, text=True,
-                              check=True).stdout.strip()
+    def check(name):
+        return subprocess.run([sys.executable, "-c", probe, str(tmp_path / f".lock-{name}")], capture_output=True,
+                              text=True, check=True).stdout.strip()
 
-    with _locked(tmp_path):
-        assert check() == "held"
-    assert check() == "free"
+    with _locked(tmp_path, "oct"):
+        assert check("oct") == "held" and check("fundus") == "free"  # one lock per modality
+    assert check("oct") == "free"
 
 
 def test_a_mistyped_stage2_option_fails_before_stage1_trains(dataset, tmp_path):
