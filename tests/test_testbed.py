@@ -16,11 +16,16 @@ RECIPES = ["unimodal-oct", "unimodal-fundus", "naive-fusion", "mmpareto", "re-m3
 def test_the_grid_has_one_default_setting_shared_by_every_mechanism():
     grid = load_grid("fusion_fails")
     cells = expand(grid)
-    assert len(cells) == len({c.key for c in cells}) == 15 * 6 * 3
+    assert len(cells) == len({c.key for c in cells}) == 16 * 6 * 3
     default = [c for c in cells if set(c.params) == {"DATASET", "RECIPE", "SEED", "PROBE_EVERY"}]
-    # every sub-grid but the training-set size (whose default is the profile's N_EYES) holds the default setting
-    assert len(default) == 6 * 3 and all(set(c.groups) == set(grid.groups) - {"train_size"} for c in default)
-    assert mechanism_knobs(grid, "control") == ["NULL_MODALITY"]
+    # every sub-grid but the training-set size and the control (whose size is not the profile's N_EYES) holds the
+    # default setting; the control's reference is the training-set size's cell
+    assert len(default) == 6 * 3 and all(set(c.groups) == set(grid.groups) - {"train_size", "control"}
+                                         for c in default)
+    small = [c for c in cells if c.params.get("N_EYES") == 300 and "NULL_MODALITY" not in c.params]
+    assert len(small) == 6 * 3 and all(set(c.groups) == {"train_size", "control"} for c in small)
+    assert mechanism_knobs(grid, "control") == ["NULL_MODALITY", "N_EYES"]
+    assert mechanism_knobs(grid, "null_modality") == ["NULL_MODALITY"]
     phase = expand(grid, seeds=[0], groups=["phase"])
     assert len(phase) == 9 * 6
     # the tail and gap sub-grids are the diagram's row and column through the default: no cell of their own

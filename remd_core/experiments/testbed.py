@@ -123,7 +123,8 @@ def outcomes(table: pd.DataFrame, predictions: pd.DataFrame, group: str | None =
 
 
 CONTROL = ("control", "NULL_MODALITY")
-"""The positive control's sub-grid and knob (``sweeps/fusion_fails.yaml``): fusion must lose there."""
+"""The positive control's sub-grid and knob (``sweeps/fusion_fails.yaml``: a null fundus photo and few
+training eyes): fusion must lose there."""
 
 
 def control_check(results: pd.DataFrame, metric: str = "r2") -> tuple[bool | None, str]:
