@@ -140,7 +140,8 @@ def control_check(results: pd.DataFrame, metric: str = "r2") -> tuple[bool | Non
     if rows.empty:
         return None, f"no positive-control results ({group} sub-grid, {knob}); run it first"
     row = rows.iloc[0]
-    where = f"{knob}={row[knob]}, {row.get('n_seeds', '?')} seeds"
+    seeds = row.get("n_seeds", "?")
+    where = f"{row['setting']}, {seeds} seed{'' if seeds == 1 else 's'}"
     if row["ci_high"] < 0:
         return True, (f"Positive control ({where}): fusion - best unimodal {_interval(row)} ({metric}), below 0: the "
                       f"testbed shows a fusion failure where one is built in (best modality: {row['b']}).")
