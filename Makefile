@@ -60,7 +60,7 @@ bench: install
 
 # where a testbed cell's seconds go, in-process and through the sweep, at each scale (docs/performance.md)
 bench-cell: install
-	$(PY) benchmarks/bench_cell.py --scales smoke,reduced,cpu
+	$(PY) benchmarks/bench_cell.py --scales smoke,reduced,cpu8,testbed
 
 clean-cache:
 	rm -rf outputs/cache

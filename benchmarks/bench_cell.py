@@ -19,7 +19,7 @@ Every path starts from an empty run folder and an empty data cache, so data gene
 stage 1 are paid in each. Prints one table, writes ``outputs/bench/cell.csv``. Record ``uptime``'s
 load beside the numbers: a busy machine understates everything.
 
-    .venv/bin/python benchmarks/bench_cell.py --scales smoke,reduced,cpu
+    .venv/bin/python benchmarks/bench_cell.py --scales smoke,reduced,cpu8,cpu
     .venv/bin/python benchmarks/bench_cell.py --scales testbed --paths compare,function,notebook
 """
 
@@ -116,13 +116,20 @@ def import_seconds() -> float:
     return runs[1]
 
 
+SCALES = {"cpu8": ("cpu", {"N_BSCANS": 8})}
+"""Scales that are a profile with other values: ``cpu8`` is the cpu profile before it took 4 B-scans (issue 21),
+the scale of the 'before' measurements."""
+
+
 def scale_settings(scale: str, probe_every: int | None) -> dict:
     from remd_core.workbench.runner import PROFILES, fill_defaults
 
-    values = {k: PROFILES[scale][k] for k in ("N_EYES", "IMAGE_SIZE", "N_BSCANS", "EPOCHS", "ARCH", "WIDTH",
-                                               "PRECISION", "TRAINING")}
+    profile, changed = SCALES.get(scale, (scale, {}))
+    values = {k: PROFILES[profile][k] for k in ("N_EYES", "IMAGE_SIZE", "N_BSCANS", "EPOCHS", "ARCH", "WIDTH",
+                                                 "PRECISION", "TRAINING")}
+    values.update(changed)
     if probe_every is None:
-        values.update(fill_defaults({"PROBE_EVERY": None}, scale))
+        values.update(fill_defaults({"PROBE_EVERY": None}, profile))
     else:
         values["PROBE_EVERY"] = probe_every
     return values
@@ -179,7 +186,7 @@ def run_sweep_path(scale: str, settings: dict, seed: int, folder: Path, workers:
     overrides = {k: v for k, v in settings.items() if k not in swept}
     options = {"notebooks": notebooks} if has_function_cells() else {}
     start = time.perf_counter()
-    sweep.run_sweep(grid, folder, profile=scale, seeds=[seed], overrides=overrides, workers=workers,
+    sweep.run_sweep(grid, folder, profile=SCALES.get(scale, (scale,))[0], seeds=[seed], overrides=overrides, workers=workers,
                     progress=False, **options)
     wall = time.perf_counter() - start
     phases = defaultdict(float)
