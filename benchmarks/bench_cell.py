@@ -251,7 +251,8 @@ def main() -> None:
     table = table[order]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, mode="a", header=not out.exists(), index=False)
+    earlier = pd.read_csv(out) if out.exists() else pd.DataFrame()  # runs with other phases: align by column
+    pd.concat([earlier, table], ignore_index=True).to_csv(out, index=False)
     print(table.to_string(index=False))
     print(f"load average: {os.getloadavg()}; appended to {out}")
 
