@@ -221,3 +221,12 @@ def test_table_from_a_sweep_folder(tmp_path):
         P.paired_table(predictions, [("re-m3dr", "am-only")])
     with pytest.raises(ValueError, match=r"no per-eye predictions of recipe 'wo-am'"):
         P.paired_table(predictions, [("wo-am", "re-m3dr")])
+
+
+def test_pairs_are_kept_only_where_both_recipes_have_predictions():
+    from remd_core.experiments.paired import available
+
+    predictions = pd.DataFrame({"recipe": ["re-m3dr", "wo-am"], "model": "fusion"})
+    pairs = [("wo-am", "re-m3dr"), ("re-m3dr", "naive-fusion"), (("wo-am", "fusion"), ("re-m3dr", "fusion"))]
+    assert available(pairs, predictions) == [pairs[0], pairs[2]]
+    assert available(pairs, predictions.iloc[:0]) == []

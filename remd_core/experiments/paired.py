@@ -325,6 +325,14 @@ def against(sides, reference) -> list[tuple]:
     return [(side, reference) for side in sides if (side if isinstance(side, str) else side[0]) != recipe]
 
 
+def available(pairs, predictions: pd.DataFrame) -> list[tuple]:
+    """The ``pairs`` whose two recipes both have per-eye predictions in ``predictions`` (a run of some
+    sub-grids only, such as ``make run``'s Table 2, has no naive fusion to compare against)."""
+    have = set(predictions["recipe"]) if not predictions.empty else set()
+    recipe = lambda side: side if isinstance(side, str) else side[0]  # noqa: E731
+    return [(a, b) for a, b in pairs if recipe(a) in have and recipe(b) in have]
+
+
 def verdicts(table: pd.DataFrame, metric: str = "r2") -> str:
     """One line per pair of a ``paired_table`` for ``metric``: the difference, its interval and
     p-value, and whether it is distinguishable from noise (the interval excludes 0)."""
