@@ -95,12 +95,12 @@ def none_left(outputs: Path, timeout: float = 10) -> bool:
     return True
 
 
-def worker_of(outputs: Path) -> psutil.Process:
-    """The Dask worker process that runs cells as functions: a spawned process whose parent (its nanny)
-    is a spawned process too."""
+def worker_of(outputs: Path, command: subprocess.Popen) -> psutil.Process:
+    """The Dask worker process that runs cells as functions: a process the command spawned (its nanny
+    lives in the command's own process)."""
     workers = [p for p in our_processes(outputs)
-               if "spawn_main" in " ".join(p.cmdline()) and "spawn_main" in " ".join(p.parent().cmdline())]
-    assert len(workers) == 1, workers
+               if p.ppid() == command.pid and "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) == 1, [(p.pid, p.ppid(), p.cmdline()) for p in our_processes(outputs)]
     return workers[0]
 
 
@@ -188,7 +188,7 @@ def test_a_sweep_survives_a_killed_worker_process(tmp_path, grid):
     outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "sweep-mini"
     sweep = start(["sweep", str(grid), "--profile", "smoke", "--workers", "1", *SLOW], outputs)  # cells as functions
     wait_for(lambda: mid_run(folder / "cells" / FIRST / "checkpoints" / "last.pt"), sweep)
-    worker = worker_of(outputs)  # the worker process, which runs the cell itself
+    worker = worker_of(outputs, sweep)  # the worker process, which runs the cell itself
     assert worker.pid != sweep.pid
     worker.kill()
     out, err = sweep.communicate(timeout=300)
