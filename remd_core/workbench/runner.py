@@ -36,7 +36,7 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # decides ("auto": float32 on CPU, bf16 autocast on CUDA). ``TRAINING`` names the training preset
 # (``trainer.TRAINING_PRESETS``): the gpu profile trains with every setting the paper states
 # (batch 8, Adam, SMAPE + R^2), the others with the workbench's (batch 16, AdamW, cosine, MSE).
-# ``testbed``: the scale at which this machine runs notebook 06's testbed (``sweeps/fusion_fails.yaml``, 270
+# ``testbed``: the scale at which this machine runs notebook 06's testbed (``sweeps/fusion_fails.yaml``, 288
 # cells, 3 seeds): the smallest at which both modalities learn on the default data (each unimodal model's mean
 # test R^2 >= 0.3 over 3 seeds), chosen by the measured scan ``sweeps/testbed_scale.yaml`` (docs/testbed.md).
 # ``cpu`` is what ``make run`` runs within 15 minutes here (docs/performance.md): 4 B-scans (the scan measured
@@ -44,8 +44,8 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # the baseline and the two missing-modality systems in notebook 05 (``METHODS``), the testbed's control in 06.
 # ``reduced``: the testbed's earlier scale, where the fundus model learns nothing (test R^2 0.04); kept for
 # ``benchmarks/bench_cell.py``'s comparisons. ``TESTBED_GROUPS`` are the testbed's sub-grids notebook 06 runs
-# itself when no full sweep is there (None: all): at the cpu and smoke profiles, the positive control beside
-# the default setting, which is what ``make run`` can afford.
+# itself when no full sweep is there (None: all): at the cpu and smoke profiles, the positive control and its
+# reference, which is what ``make run`` can afford.
 PROFILES = {
     "smoke": {"N_EYES": 80, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 1, "SEEDS": [0], "WIDTH": 0.125,
               "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": False,
