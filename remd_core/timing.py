@@ -57,12 +57,8 @@ def timed(name: str):
 
 
 def totals() -> dict[str, float]:
-    """Seconds per phase since the last ``reset``, in this process."""
+    """Seconds per phase since this process started."""
     return dict(_totals)
-
-
-def reset() -> None:
-    _totals.clear()
 
 
 @contextmanager

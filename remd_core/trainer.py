@@ -135,13 +135,6 @@ class TrainConfig:
     other steps) beside the batch losses: a loss curve that moves only when the weights do
     (``diagnosis.probe``). It changes no training draw or weight."""
 
-    def probe_steps(self, total_steps: int | None = None) -> int:
-        """Steps between probes (0: no probe), ``"auto"`` resolved by ``diagnosis.probe.probe_cadence``
-        for a run of ``total_steps``."""
-        if self.probe_every == "auto":
-            return probe_cadence(self.batch_size, self.probe_size, total_steps)
-        return int(self.probe_every)
-
     modalities: tuple[str, ...] | None = None
     strategy: str = "joint"
     strategy_options: dict = field(default_factory=dict)
@@ -236,6 +229,13 @@ class TrainConfig:
         if int(self.probe_size) != self.probe_size or self.probe_size < 2:
             raise ValueError(f"probe_size must be an integer >= 2 eyes (BatchNorm needs a batch statistic), "
                              f"got {self.probe_size!r}")
+
+    def probe_steps(self, total_steps: int | None = None) -> int:
+        """Steps between probes (0: no probe), ``"auto"`` resolved by ``diagnosis.probe.probe_cadence``
+        for a run of ``total_steps``."""
+        if self.probe_every == "auto":
+            return probe_cadence(self.batch_size, self.probe_size, total_steps)
+        return int(self.probe_every)
 
     def views(self) -> int:
         """How many augmented views of each batch the contrastive term contrasts (1 without one)."""

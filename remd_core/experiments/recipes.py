@@ -189,14 +189,14 @@ def stage1_config(base: TrainConfig, kind: str) -> TrainConfig:
                    contrastive_loss=kind if kind in COMPARATOR_STAGE1 else "am-supcon")
 
 
-def stage_record(encoder: str | Path) -> StageRecord | None:
-    """The training curves kept beside a stage-1 encoder file (None for a cache written before they were kept)."""
+def stage_record(encoder: str | Path, row: dict) -> StageRecord | None:
+    """The training curves kept beside a stage-1 encoder file, with its result ``row``'s best epoch
+    (None for a cache written before the curves were kept)."""
     encoder = Path(encoder)
     history, epochs = encoder.with_suffix(".history.csv"), encoder.with_suffix(".epochs.csv")
     if not (history.exists() and epochs.exists()):
         return None
-    epochs = pd.read_csv(epochs)
-    return StageRecord(pd.read_csv(history), epochs, int(epochs.loc[epochs["val_r2"].idxmax(), "epoch"]))
+    return StageRecord(pd.read_csv(history), pd.read_csv(epochs), int(row["best_epoch"]))
 
 
 @timed("stage1")
@@ -272,7 +272,8 @@ def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir
         init, stage1_rows = stage1(dataset, base, r.stage1, Path(workdir) / "stage1", progress, checkpoint_every,
                                    modalities=(r.modality,) if r.modality else None)
         if r.strategy is None:
-            return [{**row, "recipe": name} for row in stage1_rows], stage_record(init[r.modality]) if r.modality else None
+            record = stage_record(init[r.modality], stage1_rows[0]) if r.modality else None  # one modality, one row
+            return [{**row, "recipe": name} for row in stage1_rows], record
     modalities = (r.modality,) if r.modality else None
     head = r.head or base.head
     own_loss = {"regression_loss": "mse"} if head in OWN_LOSS_HEADS else {}  # unused: the head trains on its own loss

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Mapping
 
 from ..data.format import MultimodalDataset
-from ..data.synthetic import Config as SyntheticConfig
 from ..timing import measured, phase
 from .record import record_results
 from .runner import DATA_KNOBS, NOTEBOOK_DIR, notebook_parameters
@@ -105,3 +104,8 @@ def run_train_recipe(params: Mapping) -> dict:
 
 CELL_FUNCTIONS = {NOTEBOOK.relative_to(NOTEBOOK_DIR).as_posix(): run_train_recipe}
 """Cell notebooks (under ``notebooks/``) that a sweep can run as a function, by path."""
+
+
+def cell_function(notebook: str | Path):
+    """The function that runs cell notebook ``notebook``'s steps (``CELL_FUNCTIONS``), or None."""
+    return CELL_FUNCTIONS.get(Path(notebook).relative_to(NOTEBOOK_DIR).as_posix())

@@ -53,7 +53,7 @@ from ..experiments.provenance import write as write_provenance
 from ..experiments.results import ResultStore, collect, group_summaries, sensitivity, summarize
 from ..files import remove_stale_temporaries, write_text
 from ..paths import REPO_ROOT, display_path
-from .cell import CELL_FUNCTIONS
+from .cell import cell_function
 from .runner import (LIBRARY_SETTINGS, NOTEBOOK_DIR, execute_notebook, notebook_defaults,
                      resolve_parameters)
 
@@ -161,7 +161,7 @@ def execute_cell(notebook: str, output: str, params: dict, as_notebook: bool = T
         if as_notebook:
             execute_notebook(Path(notebook), output, params, kernel_log=output.with_name("kernel.log"))
         else:
-            CELL_FUNCTIONS[Path(notebook).relative_to(NOTEBOOK_DIR).as_posix()](params)
+            cell_function(notebook)(params)
     except Exception as err:  # the cell's failure, reported by the engine; the others go on
         return describe_error(err)
     return None
@@ -255,7 +255,7 @@ def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu",
                 write_text(store.cell_dir(cell.key) / "provenance.json", provenance.read_text())
             say(f"sweep {grid.name}: {len(cells)} cells, {len(skipped)} finished earlier (skipped), {len(pending)} "
                 f"to run on {executor.description}; folder {display_path(folder)}")
-            as_notebook = notebooks or grid.notebook.relative_to(NOTEBOOK_DIR).as_posix() not in CELL_FUNCTIONS
+            as_notebook = notebooks or cell_function(grid.notebook) is None
             tasks = {c.key: (execute_cell, (str(grid.notebook), str(store.cell_dir(c.key) / grid.notebook.name),
                                             plans[c.key], as_notebook)) for c in pending}
             run_cells(store, schedule(pending, STAGE2_ONLY), tasks, executor, f"sweep {grid.name}", progress,

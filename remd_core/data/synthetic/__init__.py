@@ -7,7 +7,8 @@ fundus photograph whose cup grows with damage (``fundus``), and tabular side inf
 (weakly related to damage), sex and laterality. The stage stratum is derived from MD.
 
 Mechanism knobs (``tail``, ``redundancy``, ``oct_floor_um``, ``label_noise``, ``shortcut``,
-``null_modality``; see ``Config``) each turn on one mechanism of the study of when fusion fails. At their defaults the
+``null_modality``; see ``Config``) each turn on one mechanism of the study of when fusion fails. At
+their defaults the
 generator is bit-identical to the one before they existed (tested against recorded digests), and
 they are left out of the cache key, so existing caches stay valid.
 
