@@ -23,7 +23,12 @@ seeds: [0]
 recipes: [naive-fusion, mmpareto]
 """
 FIRST, SECOND = "synthetic-stage2__naive-fusion__seed0", "synthetic-stage2__mmpareto__seed0"
-SLOW = ["--set", "EPOCHS=6", "CHECKPOINT_EVERY=1"]  # a cell long enough to be caught in the middle (3 epochs were once missed by the poll under a full test session)
+# A cell long enough to be caught in the middle: 6 epochs were missed by the poll in CI once cells ran as
+# functions in a warm worker (about half a second an epoch at the smoke profile); 12 epochs with the first 10
+# as the window leave the poll some 5 s.
+EPOCHS = 12
+SLOW = ["--set", f"EPOCHS={EPOCHS}", "CHECKPOINT_EVERY=1"]
+WINDOW = EPOCHS - 2
 COMPARE_DATA = ["--data", "n_eyes=80", "image_size=32", "oct_size=32", "n_bscans=2", "test=20", "val=12",
                 "--encoder", "width=0.125", "--epochs", "3", "--checkpoint-every", "1", "--quiet"]
 
@@ -59,8 +64,8 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 240):
     pytest.fail("timed out waiting")
 
 
-def mid_run(checkpoint: Path):
-    """True once ``checkpoint`` records a step inside its run (an epoch begun, not the last)."""
+def mid_run(checkpoint: Path, before_epoch: int = 2):
+    """True once ``checkpoint`` records a step inside its run (past step 1, before ``before_epoch``)."""
     if not checkpoint.with_name(checkpoint.name + ".sha256").exists():
         return False
     import torch
@@ -69,7 +74,7 @@ def mid_run(checkpoint: Path):
         saved = torch.load(checkpoint, weights_only=True)
     except Exception:  # replaced while being read: look again
         return False
-    return saved["step"] >= 2 and saved["epoch"] < 2
+    return saved["step"] >= 2 and saved["epoch"] < before_epoch
 
 
 def our_processes(outputs: Path) -> list[psutil.Process]:
@@ -145,7 +150,7 @@ def caught_in_second_cell(tmp_path, grid):
     outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "sweep-mini"
     args = ["sweep", str(grid), "--profile", "smoke", "--workers", "1", "--notebooks", *SLOW]  # a kernel per cell
     process = start(args, outputs)
-    wait_for(lambda: mid_run(folder / "cells" / SECOND / "checkpoints" / "last.pt"), process)
+    wait_for(lambda: mid_run(folder / "cells" / SECOND / "checkpoints" / "last.pt", WINDOW), process)
     finished = folder / "cells" / FIRST / "results" / "train_recipe.json"
     assert finished.exists()  # one worker: the first cell finished before the second began
     return args, process, finished
@@ -160,7 +165,7 @@ def rerun_resumes_the_second_cell_only(tmp_path, args, finished):
     assert "2 cells, 1 finished earlier (skipped), 1 to run" in out + err
     assert "resuming from" in (folder / "cells" / SECOND / "train_recipe.ipynb").read_text()  # the cell says so
     assert finished.stat().st_mtime_ns == stamp  # the finished cell was not redone
-    assert read_json(folder / "cells" / SECOND / "results" / "train_recipe.json")["rows"][0]["epochs"] == 6
+    assert read_json(folder / "cells" / SECOND / "results" / "train_recipe.json")["rows"][0]["epochs"] == EPOCHS
     assert not (folder / "cells" / SECOND / "checkpoints").exists()  # removed once the result is recorded
     assert not half_written(folder)
 
@@ -187,7 +192,7 @@ def test_a_sweep_whose_client_is_killed_loses_no_finished_cell(tmp_path, grid):
 def test_a_sweep_survives_a_killed_worker_process(tmp_path, grid):
     outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "sweep-mini"
     sweep = start(["sweep", str(grid), "--profile", "smoke", "--workers", "1", *SLOW], outputs)  # cells as functions
-    wait_for(lambda: mid_run(folder / "cells" / FIRST / "checkpoints" / "last.pt"), sweep)
+    wait_for(lambda: mid_run(folder / "cells" / FIRST / "checkpoints" / "last.pt", WINDOW), sweep)
     worker = worker_of(outputs, sweep)  # the worker process, which runs the cell itself
     assert worker.pid != sweep.pid
     worker.kill()
@@ -203,7 +208,7 @@ def test_a_sweep_survives_a_killed_worker_process(tmp_path, grid):
 def test_ctrl_c_stops_a_sweep_leaves_whole_files_and_prints_the_resume_command(tmp_path, grid):
     outputs, folder = tmp_path / "outputs", tmp_path / "outputs" / "sweep-mini"
     sweep = start(["sweep", str(grid), "--profile", "smoke", "--workers", "1", *SLOW], outputs)
-    wait_for(lambda: mid_run(folder / "cells" / FIRST / "checkpoints" / "last.pt"), sweep)
+    wait_for(lambda: mid_run(folder / "cells" / FIRST / "checkpoints" / "last.pt", WINDOW), sweep)
     seconds, out, err = interrupt(sweep)
     assert sweep.returncode == 130 and seconds < 15, (seconds, err[-3000:])
     assert "interrupted" in err
