@@ -74,7 +74,7 @@ class PhaseTimer:
         self.undo.append((owner, name, original))
 
     def install(self):
-        from remd_core import checkpoint, trainer
+        from remd_core.training import checkpoint, evaluate, loop
         from remd_core.diagnosis import probe
         from remd_core.experiments import recipes, results
 
@@ -96,8 +96,9 @@ class PhaseTimer:
         self.undo.append((recipes, "stage1", original_stage1))
         self.wrap(recipes, "fit", stage1_phase)
         self.wrap(probe.Probe, "evaluate", "probes")
-        self.wrap(trainer, "predict", "evaluation")
-        self.wrap(trainer, "predict_intervals", "evaluation")
+        self.wrap(loop, "predict", "evaluation")  # the per-epoch validation
+        self.wrap(evaluate, "predict", "evaluation")  # the final report
+        self.wrap(evaluate, "predict_intervals", "evaluation")
         self.wrap(checkpoint.Checkpoints, "save", "checkpoints")
         self.wrap(results.ResultStore, "write_result", "writing")
         return self

@@ -2,7 +2,7 @@
 timed on its own (issue 13, item 7).
 
 In one process, on the same batches, this times one training step of fusion models built exactly as
-training builds them (``remd_core.trainer.build_model`` and ``build_objective`` from a
+training builds them (``remd_core.training.build_model`` and ``build_objective`` from a
 ``TrainConfig(head=...)``, ``objective.prepare(batch, generator)``,
 ``objective.closure(model, inputs, target, margin=0.4)``, the strategy
 ``build_strategy("joint", {"unimodal_weight": 0.0}).bind(model)`` and ``strategy.step``):
@@ -114,7 +114,7 @@ from remd_core.data.missing import MissingConfig, with_missing  # noqa: E402
 from remd_core.experiments.provenance import git_revision  # noqa: E402
 from remd_core.models import EncoderConfig  # noqa: E402
 from remd_core.models import rima_ot  # noqa: E402
-from remd_core.trainer import TrainConfig, resolve_device  # noqa: E402
+from remd_core.training import TrainConfig, resolve_device  # noqa: E402
 from stepbench.inputs import ConfigWorkload  # noqa: E402
 from stepbench.measure import host_reads_per_step  # noqa: E402
 from stepbench.report import device_name, log, run_and_write, summarise  # noqa: E402

@@ -1,7 +1,7 @@
 """Step cost of the stage-1 objectives and of the 3-D OCT encoders, side by side (issue 12, item 5).
 
 In one process, on the same batches and device, this times one training step of single-modality
-models built exactly as training builds them (``remd_core.trainer.build_model`` and
+models built exactly as training builds them (``remd_core.training.build_model`` and
 ``build_objective`` from a ``TrainConfig``, ``objective.prepare``, ``objective.closure(model, inputs,
 target, margin=0.4)``, the strategy ``build_strategy("joint", {"unimodal_weight": 0.0})`` and
 ``strategy.step``):
@@ -38,7 +38,7 @@ weighting or calibration on ``[16, d]`` tensors to the same single pass: floor `
 ``enc-*`` rows have their own encoder's components (``F'``, ``B'``, ``O'``, timed the same way).
 
 FDS also encodes the whole training split once more at every epoch end
-(``remd_core.trainer.update_fds``, no graph, evaluation mode). That pass is timed on its own
+(``remd_core.training.update_fds``, no graph, evaluation mode). That pass is timed on its own
 (``--fds-updates`` times per modality, spread over the run; one untimed update first, so the timed
 steps are calibrated, as in every epoch after the first) and reported per training step: its time
 over the steps of an epoch (``len(train) // batch``, 26 at the cpu profile).
@@ -85,7 +85,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stepbench packag
 from remd_core.data import load  # noqa: E402
 from remd_core.experiments.provenance import git_revision  # noqa: E402
 from remd_core.models import EncoderConfig  # noqa: E402
-from remd_core.trainer import TrainConfig, resolve_device, update_fds  # noqa: E402
+from remd_core.training import TrainConfig, resolve_device, update_fds  # noqa: E402
 from stepbench.inputs import ConfigWorkload  # noqa: E402
 from stepbench.measure import count_host_reads, host_reads_per_step  # noqa: E402
 from stepbench.report import device_name, log, run_and_write, summarise  # noqa: E402

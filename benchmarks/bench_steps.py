@@ -1,6 +1,6 @@
 """Step cost of every training strategy, side by side, against its physical floor (``make bench``).
 
-In one process, on the trainer's model and objective (``remd_core.trainer.build_model`` and
+In one process, on the trainer's model and objective (``remd_core.training.build_model`` and
 ``build_objective``; one model copy per strategy, all from the same initial weights), the
 same batches and the same device, this times one optimisation step of
 
@@ -114,7 +114,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stepbench packag
 from remd_core.experiments.provenance import git_revision  # noqa: E402
 from remd_core.models import EncoderConfig  # noqa: E402
 from remd_core.paths import outputs_dir  # noqa: E402
-from remd_core.trainer import resolve_device  # noqa: E402
+from remd_core.training import resolve_device  # noqa: E402
 from stepbench.end_to_end import end_to_end  # noqa: E402
 from stepbench.inputs import NATURAL_PROFILE, PROFILES, Workload, dataset_for, loader_throughput  # noqa: E402
 from stepbench.measure import cuda_syncs_per_step, epoch_pass, host_reads_per_step, peak_memory  # noqa: E402

@@ -27,7 +27,7 @@ SETTINGS = {
 CHILD = """
 import json, sys, torch
 from remd_core.workbench.setup import load_dataset, train_config
-from remd_core.trainer import fit
+from remd_core.training import fit
 from dataclasses import replace
 dataset = load_dataset("synthetic-stage2", 80, 32, 2)
 config = replace(train_config(1, "resnet18", 0.125, seed=0, precision=sys.argv[1]),

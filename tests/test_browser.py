@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from remd_core.trainer import TrainConfig
+from remd_core.training import TrainConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NOTEBOOK = "02_stage1_adaptive_margin.ipynb"

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from remd_core.checkpoint import CheckpointMismatchError, Checkpoints, restore_rng_state, rng_state
+from remd_core.training.checkpoint import CheckpointMismatchError, Checkpoints, restore_rng_state, rng_state
 from remd_core.data import load
 from remd_core.files import CorruptFileWarning, UntrustedFileError, load_torch, save_torch
 from remd_core.models import EncoderConfig
 from remd_core.paths import REPO_ROOT
-from remd_core.trainer import TrainConfig, fit
+from remd_core.training import TrainConfig, fit
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)
 CONFIGS = {  # strategies with state between steps, augmentation drawing from the run's generator
@@ -46,7 +46,7 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_checkpoint import SMALL, EVERY, config_for
     from remd_core.data import load
-    from remd_core.trainer import fit
+    from remd_core.training import fit
     fit(load("synthetic-stage2", **SMALL), config_for(sys.argv[1]), progress=False, checkpoint_dir=sys.argv[2],
         resume=True, checkpoint_every=EVERY)
 """)

@@ -15,7 +15,7 @@ from remd_core.imbalance.echomen import fit_expert_weights, ldw_supcon_loss, mul
 from remd_core.losses import mse_loss
 from remd_core.models import EncoderConfig, check_model
 from remd_core.models.multi_expert import MultiExpertRegressor
-from remd_core.trainer import TrainConfig, build_model, build_objective, fit, save_encoders
+from remd_core.training import TrainConfig, build_model, build_objective, fit, save_encoders
 from remd_core.transforms import SECOND_VIEW
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)

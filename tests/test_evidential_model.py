@@ -16,7 +16,7 @@ from remd_core.models import EncoderConfig, check_model
 from remd_core.models.evidential import CONFIDENCE_WEIGHT, evidential_loss
 from remd_core.models.evidential_regressor import EvidentialRegressor
 from remd_core.optim import STRATEGIES, build_strategy
-from remd_core.trainer import TrainConfig, build_model, build_objective, fit
+from remd_core.training import TrainConfig, build_model, build_objective, fit
 from remd_core.transforms import PRESENT
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)

@@ -16,7 +16,7 @@ from remd_core.files import (CorruptFileWarning, atomic_path, load_npz, read_jso
                              save_torch, write_json)
 from remd_core.models import EncoderConfig
 from remd_core.experiments.recipes import run_recipe
-from remd_core.trainer import TrainConfig
+from remd_core.training import TrainConfig
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12)
 BASE = TrainConfig(epochs=1, batch_size=8, encoder=EncoderConfig(width=0.125))

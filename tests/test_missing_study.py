@@ -16,7 +16,7 @@ from remd_core.experiments.recipes import run_recipe
 from remd_core.losses import mse_loss
 from remd_core.models import EncoderConfig
 from remd_core.models.simmlm import mofe_term
-from remd_core.trainer import TrainConfig, build_model, build_objective, predict
+from remd_core.training import TrainConfig, build_model, build_objective, predict
 from remd_core.transforms import DRAW_SEED, PRESENT
 
 SMALL = dict(n_eyes=80, image_size=16, oct_size=16, n_bscans=2, test=20, val=12, cache=False)

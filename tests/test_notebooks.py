@@ -62,7 +62,7 @@ def test_run_command_rejects_unknown_notebooks_and_parameters(tmp_path):
 
 def test_setup_fills_none_parameters_from_the_profile_named_or_in_the_environment(tmp_path, monkeypatch):
     from remd_core.optim.sgm import SGMConfig
-    from remd_core.trainer import TrainConfig
+    from remd_core.training import TrainConfig
     from remd_core.workbench.setup import setup
 
     monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path))

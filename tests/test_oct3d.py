@@ -171,7 +171,7 @@ def test_build_encoder_picks_them_from_the_config(name):
 @pytest.mark.parametrize("name", sorted(ENCODERS))
 def test_a_tiny_training_run_finishes_with_finite_metrics(name):
     from remd_core.data import load
-    from remd_core.trainer import TrainConfig, fit
+    from remd_core.training import TrainConfig, fit
 
     dataset = load("synthetic-stage2", n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12,
                    cache=False)

@@ -11,7 +11,7 @@ from remd_core.losses import PAPER_RUN_STEPS, margin_schedule, reference_step, s
 from remd_core.models import EncoderConfig
 from remd_core.optim import RunInfo
 from remd_core.optim.sgm import SGM, SGMConfig
-from remd_core.trainer import TRAINING_PRESETS, TrainConfig, fit, preset_config
+from remd_core.training import TRAINING_PRESETS, TrainConfig, fit, preset_config
 from remd_core.workbench.runner import PROFILES, fill_defaults
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)

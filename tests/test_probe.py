@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from remd_core import metrics
-from remd_core.checkpoint import Checkpoints
+from remd_core.training.checkpoint import Checkpoints
 from remd_core.data import load
 from remd_core.diagnosis import (describe_probe_oscillation, probe_allocation, probe_oscillation_table,
                                  select_probe_set)
 from remd_core.diagnosis.probe import REGION_GROUPS, build_probe
 from remd_core.losses import regression_loss
 from remd_core.models import EncoderConfig
-from remd_core.trainer import TrainConfig, build_model, build_objective, fit
+from remd_core.training import TrainConfig, build_model, build_objective, fit
 from remd_core.transforms import prepare_inputs
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)
@@ -194,7 +194,7 @@ def test_bad_probe_settings_are_refused(bad):
 
 
 def test_probes_off_keep_the_checkpoint_fingerprint_of_runs_from_before_probes(dataset):
-    from remd_core.trainer import _fingerprint
+    from remd_core.training.loop import _fingerprint
 
     off, on = _fingerprint(dataset, TrainConfig()), _fingerprint(dataset, TrainConfig(probe_every=5))
     assert "probe_" not in off["config"] and "probe_every" in on["config"]
@@ -237,7 +237,7 @@ def test_the_sentence_counts_curves_where_the_probe_oscillates_less():
 
 def test_auto_probes_stay_within_their_budget_and_give_short_runs_points():
     from remd_core.diagnosis.probe import MIN_PROBE_POINTS, probe_cadence
-    from remd_core.trainer import TrainConfig
+    from remd_core.training import TrainConfig
 
     # k steps of 3 x batch eye-passes against one probe of 64 eyes: 64 / (3 * 16 * 14) = 9.5 % <= 10 %; 13 would be 10.3 %
     assert probe_cadence(16, 64) == 14 and probe_cadence(8, 64) == 27 and probe_cadence(16, 64, budget=0.5) == 3

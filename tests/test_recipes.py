@@ -9,7 +9,7 @@ from remd_core.experiments.results import summarize
 from remd_core.data import load
 from remd_core.models import EncoderConfig
 from remd_core.experiments.recipes import PAPER_RECIPES, recipe, recipes_for, run_recipe, stage2_options
-from remd_core.trainer import TrainConfig
+from remd_core.training import TrainConfig
 
 SMALL = dict(n_eyes=60, image_size=16, oct_size=16, n_bscans=2, test=15, val=10, cache=False)
 BASE = TrainConfig(epochs=1, batch_size=8, encoder=EncoderConfig(width=0.125))
@@ -42,7 +42,7 @@ def test_every_paper_recipe_runs_on_a_tiny_set_and_resumes(dataset, tmp_path):
 def test_a_unimodal_recipe_is_the_plain_stage1_of_its_modality_trained_once(dataset, tmp_path):
     from dataclasses import replace
 
-    from remd_core.trainer import fit
+    from remd_core.training import fit
 
     probed = replace(BASE, probe_every=2, probe_size=8)
     rows, record = run_recipe("unimodal-oct", dataset, probed, tmp_path, progress=False)
@@ -78,7 +78,7 @@ def test_stage2_starts_from_the_stage1_encoders(dataset, tmp_path):
     paths, rows = stage1(dataset, BASE, "adaptive", tmp_path, progress=False)
     assert set(paths) == {"fundus", "oct"} and {r["model"] for r in rows} == {"fundus", "oct"}
     from remd_core.models import MultimodalRegressor
-    from remd_core.trainer import load_encoders
+    from remd_core.training import load_encoders
 
     model = MultimodalRegressor(dataset.spec, encoder=BASE.encoder)
     load_encoders(model, paths)
@@ -94,7 +94,7 @@ def test_the_sam_family_starts_from_stage1_encoders(dataset, tmp_path):
     from dataclasses import replace
 
     from remd_core.experiments.recipes import stage1
-    from remd_core.trainer import fit
+    from remd_core.training import fit
 
     paths, _ = stage1(dataset, BASE, "adaptive", tmp_path, progress=False)
     naive = dict(strategy_options={"unimodal_weight": 0.0}, augment=False)

@@ -6,7 +6,7 @@ from remd_core import metrics
 from remd_core.data import load
 from remd_core.models import EncoderConfig
 from remd_core.optim import SSESAM, RunInfo
-from remd_core.trainer import TrainConfig, fit
+from remd_core.training import TrainConfig, fit
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)
 

@@ -280,7 +280,7 @@ def test_ogm_ge_noise_is_gaussian_with_the_std_of_the_unscaled_gradient(randhie_
 
 def test_the_ogm_ge_recipe_on_a_table_is_not_naive_fusion():
     from remd_core.data import load
-    from remd_core.trainer import TrainConfig, fit
+    from remd_core.training import TrainConfig, fit
 
     data = load("randhie", n_rows=300)
     base = dict(epochs=1, batch_size=64, augment=False, encoder=EncoderConfig(mlp_hidden=8), device="cpu")

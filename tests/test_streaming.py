@@ -11,7 +11,7 @@ from remd_core.data import load
 from remd_core.data.missing import MissingConfig, with_missing
 from remd_core.data.streaming import LazySplit, StoreArray
 from remd_core.models import EncoderConfig
-from remd_core.trainer import TrainConfig, fit
+from remd_core.training import TrainConfig, fit
 from test_manifest import own_outputs, write_eyes  # noqa: F401 (own_outputs: an autouse fixture)
 
 

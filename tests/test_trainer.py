@@ -7,7 +7,7 @@ from remd_core.data import load
 from remd_core.models import EncoderConfig
 import pandas as pd
 
-from remd_core.trainer import TrainConfig, TrainingError, build_model, build_objective, fit, predict
+from remd_core.training import TrainConfig, TrainingError, build_model, build_objective, fit, predict
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)
 TINY = EncoderConfig(width=0.125)
@@ -66,7 +66,7 @@ def test_training_is_deterministic_on_cpu(dataset):
 
 def test_head_and_tail_subsets_train_on_their_samples_only():
     from remd_core.metrics import head_tail_split
-    from remd_core.trainer import training_split
+    from remd_core.training import training_split
 
     dataset = load("synthetic-stage2", n_eyes=500, image_size=8, oct_size=8, n_bscans=1, cache=False)
     head, few = head_tail_split(dataset.train.y.numpy())

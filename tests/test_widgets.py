@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from remd_core.optim import SGMConfig, modulation_gamma
-from remd_core.trainer import TrainConfig
+from remd_core.training import TrainConfig
 from remd_core.workbench.widgets import gamma_view, margin_view, replay_gamma, show_gamma_widget, show_margin_widget
 
 matplotlib.use("Agg")

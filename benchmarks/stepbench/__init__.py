@@ -1,7 +1,7 @@
 """The parts of the step-cost benchmark (``benchmarks/bench_steps.py``, ``make bench``), by concern.
 
 - ``inputs``: profiles, the data set, the workload (the trainer's model and objective, from
-  ``remd_core.trainer.build_model`` and ``build_objective``, and a pool of prepared batches), the
+  ``remd_core.training.build_model`` and ``build_objective``, and a pool of prepared batches), the
   loader's throughput.
 - ``strategies``: the rows of the table (a strategy and its floor), one runner per strategy, the
   component timer (F, B, G, O, E).

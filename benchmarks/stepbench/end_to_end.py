@@ -14,7 +14,7 @@ from remd_core.data import load
 from remd_core.experiments.provenance import git_revision
 from remd_core.models import EncoderConfig
 from remd_core.paths import REPO_ROOT, outputs_dir
-from remd_core.trainer import resolve_device
+from remd_core.training import resolve_device
 
 from .report import device_name, log
 
@@ -28,7 +28,7 @@ def end_to_end(args) -> dict:
     if args.end_to_end:
         from remd_core.workbench.runner import PROFILES as NOTEBOOK_PROFILES
         from remd_core.experiments.recipes import run_recipe
-        from remd_core.trainer import TrainConfig
+        from remd_core.training import TrainConfig
 
         p = NOTEBOOK_PROFILES["cpu"]
         start = time.perf_counter()

@@ -1,5 +1,5 @@
 """Profiles, the data set and the workload of the step-cost benchmark: the trainer's model and
-objective (``remd_core.trainer.build_model``, ``build_objective``) and a pool of prepared batches."""
+objective (``remd_core.training.build_model``, ``build_objective``) and a pool of prepared batches."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from remd_core.data import load
 from remd_core.metrics import region_labels
 from remd_core.models import EncoderConfig
 from remd_core.optim import RunInfo
-from remd_core.trainer import TrainConfig, build_model, build_objective
+from remd_core.training import TrainConfig, build_model, build_objective
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ def run_and_write(args, run, markdown_of, name: str) -> dict:
     (``markdown_of(result)``) printed and written with the result to ``<out>/<name>-<device>.json`` and
     ``.md`` (``args.out``, default ``outputs/bench``)."""
     from remd_core.paths import outputs_dir
-    from remd_core.trainer import resolve_device
+    from remd_core.training import resolve_device
 
     torch.set_num_threads(args.threads)
     wall = time.perf_counter()

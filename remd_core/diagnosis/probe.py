@@ -20,7 +20,7 @@ eyes are drawn by a numpy generator seeded with ``(PROBE_STREAM, seed)``: indepe
 training generator (turning probes on changes no training draw), and a function of the seed and
 the training labels only, so a resumed run probes the same eyes.
 
-The evaluation (``Probe.evaluate``): the objective's own loss closure (``trainer.Objective``) on
+The evaluation (``Probe.evaluate``): the objective's own loss closure (``training.objectives.Objective``) on
 the probe eyes, without augmentation, modality dropout or gradients, as one batch; the per-head
 losses are the ones the batch rows log (``loss_fused``, ``loss_<modality>``: the regression loss
 on standardised labels), logged as ``probe_loss_fused``, ``probe_loss_<modality>`` and, for heads

@@ -24,7 +24,7 @@ from ..data.format import MultimodalDataset, MultimodalSplit
 from ..data.missing import PATTERNS, MissingConfig, missing_pattern, with_missing
 from ..files import read_json, write_json
 from ..paths import display_path
-from ..trainer import TrainConfig, predict
+from ..training import TrainConfig, predict
 from .recipes import run_recipe
 
 TEST_RATES = (0.0, 0.3, 0.5, 0.7)

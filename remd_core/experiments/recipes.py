@@ -40,7 +40,7 @@ from ..data.format import MultimodalDataset
 from ..files import atomic_path, load_torch, read_json, write_json
 from ..optim import build_strategy
 from ..timing import phase, timed
-from ..trainer import OWN_LOSS_HEADS, FitResult, TrainConfig, fit, save_encoders
+from ..training import HEADS, FitResult, TrainConfig, fit, save_encoders
 
 
 @dataclass(frozen=True)
@@ -276,7 +276,7 @@ def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir
             return [{**row, "recipe": name} for row in stage1_rows], record
     modalities = (r.modality,) if r.modality else None
     head = r.head or base.head
-    own_loss = {"regression_loss": "mse"} if head in OWN_LOSS_HEADS else {}  # unused: the head trains on its own loss
+    own_loss = {"regression_loss": "mse"} if HEADS[head].own_loss else {}  # unused: the head trains on its own loss
     config = replace(base, modalities=modalities, strategy=r.strategy, strategy_options=options,
                      init_encoders=init, head=head, contrastive=r.regulariser is not None,
                      contrastive_loss=r.regulariser or base.contrastive_loss, **own_loss, **dict(r.settings),

@@ -25,7 +25,7 @@ from ..data.format import MultimodalDataset, MultimodalSplit
 from ..diagnosis import (fixed_batch_loss, random_direction, sgm_probes, sharpness_from_slice, slice_1d,
                          top_hessian_eigenvalue)
 from ..models import MultimodalRegressor
-from ..trainer import FitResult, TrainConfig, fit, load_encoders
+from ..training import FitResult, TrainConfig, fit, load_encoders
 from ..transforms import prepare_inputs
 
 
