@@ -36,7 +36,12 @@ def record_results(notebook: str, values: dict, run_dir: str | Path = "") -> pd.
 @timed("writing")
 def save_figure(fig, name: str, run_dir: str | Path = "") -> list[Path]:
     """Save a figure under ``<run_dir>/figures/``: PNG always (plotly through kaleido), plus a
-    self-contained HTML file (plotly.js embedded, no network needed) for plotly figures."""
+    self-contained HTML file (plotly.js embedded, no network needed) for plotly figures. The figure
+    is laid out first, in place, by ``figures.finish`` (title fitted to the canvas, no facet without
+    data, one title per shared axis), so the figure a notebook shows after saving it is the one saved."""
+    from .figures import finish
+
+    finish(fig)
     folder = run_folder(run_dir) / "figures"
     folder.mkdir(exist_ok=True)
     png = folder / f"{name}.png"

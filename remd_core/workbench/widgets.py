@@ -22,6 +22,7 @@ import torch
 
 from ..losses import margin_schedule, positive_mask
 from ..optim import modulation_gamma
+from .figures import finish
 from .runner import library_default
 
 LABELS = {"description_width": "initial"}  # the whole name beside each slider, never "gamma_..."
@@ -44,7 +45,7 @@ def margin_view(y_batch, m0: float, beta: float, t_n: int, step: int, total_step
     right.set(xlabel="sample j (sorted by label)", ylabel="anchor i",
               title=f"positives |y_i - y_j| < m: {int(mask.sum())} pairs, "
                     f"{int((mask.sum(1) > 0).sum())}/{len(y)} anchors")
-    fig.tight_layout()
+    finish(fig)
     return fig, margin, mask
 
 
@@ -68,7 +69,7 @@ def gamma_view(sharpness, gamma_base: float, gamma_min: float, gamma_max: float,
     twin.set_ylabel("gamma")
     right.scatter(sharpness, gamma, s=4, alpha=0.5)
     right.set(xlabel="sharpness s_t", ylabel="gamma_t", title="gamma against sharpness (cf. Fig. 5B)")
-    fig.tight_layout()
+    finish(fig)
     return fig, gamma
 
 
