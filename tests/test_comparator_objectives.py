@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from remd_core.data import load
-from remd_core.imbalance import conr_loss, lds_weights, nt_xent_loss, rnc_loss, weighted_mse
-from remd_core.imbalance.echomen import fit_expert_weights, ldw_supcon_loss, multi_expert_loss
+from remd_core.losses import conr_loss, lds_weights, nt_xent_loss, rnc_loss, weighted_mse
+from remd_core.losses.echomen import fit_expert_weights, ldw_supcon_loss, multi_expert_loss
 from remd_core.losses import mse_loss
 from remd_core.models import EncoderConfig, check_model
 from remd_core.models.multi_expert import MultiExpertRegressor
 from remd_core.training import TrainConfig, build_model, build_objective, fit, save_encoders
-from remd_core.transforms import SECOND_VIEW
+from remd_core.data.transforms import SECOND_VIEW
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)
 BASE = TrainConfig(precision="float64", encoder=EncoderConfig(width=0.125), batch_size=8, epochs=1)

@@ -11,7 +11,7 @@ import torch
 from remd_core.data import load
 from remd_core.models import EncoderConfig
 from remd_core.training import TrainConfig, autocast_context, fit
-from remd_core.transforms import prepare_inputs, to_device
+from remd_core.data.transforms import prepare_inputs, to_device
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)
 BASE = TrainConfig(epochs=1, batch_size=8, encoder=EncoderConfig(width=0.125), strategy="sgm")

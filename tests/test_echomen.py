@@ -1,4 +1,4 @@
-"""EchoMEN (remd_core.imbalance.echomen): the LDW-SupCon loss against a double loop, the expert
+"""EchoMEN (remd_core.losses.echomen, remd_core.models.multi_expert): the LDW-SupCon loss against a double loop, the expert
 weights and the aggregation against hand computations, the stage-2 loss against a re-computation,
 edge cases and invalid hyperparameters."""
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from remd_core.imbalance import echomen
+from remd_core.losses import echomen
+from remd_core.models.multi_expert import MultiExpertHead
 from remd_core.losses import am_supcon_loss
 
 
@@ -204,7 +205,7 @@ def test_expert_weights_clipping_and_interpolation():
 # ---------------------------------------------------------------------------------------------
 
 def test_head_aggregation_against_hand_computation():
-    head = echomen.MultiExpertHead(2, 2, hidden=2).double()
+    head = MultiExpertHead(2, 2, hidden=2).double()
     with torch.no_grad():
         head.experts.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
         head.experts.bias.copy_(torch.tensor([0.0, 1.0]))
@@ -225,16 +226,16 @@ def test_head_aggregation_against_hand_computation():
 
 def test_mean_aggregator_and_initialisation():
     torch.manual_seed(0)
-    head = echomen.MultiExpertHead(64, 4, aggregator="mean", bias_init=2.5, weight_init_std=0.01)
+    head = MultiExpertHead(64, 4, aggregator="mean", bias_init=2.5, weight_init_std=0.01)
     assert head.aggregator is None and head.experts.bias.tolist() == [2.5] * 4
     assert head.experts.weight.std().item() == pytest.approx(0.01, rel=0.1)
     x = torch.randn(5, 64)
     out = head(x)
     assert out.experts.shape == (5, 4) and out.gate.shape == (5, 4)
     torch.testing.assert_close(out.prediction, out.experts.mean(dim=1))
-    learned = echomen.MultiExpertHead(64, 3)(x)
+    learned = MultiExpertHead(64, 3)(x)
     torch.testing.assert_close(learned.gate.sum(dim=1), torch.ones(5))
-    assert echomen.MultiExpertHead(8).exponents.tolist() == [0.0, 0.5, 1.0]
+    assert MultiExpertHead(8).exponents.tolist() == [0.0, 0.5, 1.0]
 
 
 @pytest.mark.parametrize("kind", ["mse", "l1"])
@@ -279,7 +280,7 @@ def test_experts_and_aggregator_get_only_their_own_gradients():
 
 def test_stage2_end_to_end_one_region_batch_finite_and_training():
     torch.manual_seed(1)
-    head = echomen.MultiExpertHead(8, 3)
+    head = MultiExpertHead(8, 3)
     table = echomen.fit_expert_weights(np.r_[np.zeros(50), np.linspace(-20, 0, 20)], 3, bin_width=1.0)
     x = torch.randn(16, 8)
     y = torch.full((16,), -0.3)  # one label region: every sample in the same (crowded) bin
@@ -330,9 +331,9 @@ def test_invalid_inputs_and_settings():
                    {"weight_init_std": -1.0}, {"in_features": 0}):
         kw = {"in_features": 4, **kwargs}
         with pytest.raises(ValueError):
-            echomen.MultiExpertHead(**kw)
+            MultiExpertHead(**kw)
     with pytest.raises(ValueError):
-        echomen.MultiExpertHead(4)(torch.randn(2, 5))
+        MultiExpertHead(4)(torch.randn(2, 5))
     e, gate, t = torch.randn(3, 2), torch.full((3, 2), 0.5), torch.zeros(3)
     with pytest.raises(ValueError):
         echomen.multi_expert_loss(e, gate, t, loss="huber")

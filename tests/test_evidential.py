@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from remd_core import metrics
+from remd_core.evaluation import metrics
 from remd_core.models import evidential as ev
 
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 from scipy import stats
 
-from remd_core import metrics
+from remd_core.evaluation import metrics
 from remd_core.data import load
 from remd_core.models import EncoderConfig, check_model
 from remd_core.models.evidential import CONFIDENCE_WEIGHT, evidential_loss
 from remd_core.models.evidential_regressor import EvidentialRegressor
 from remd_core.optim import STRATEGIES, build_strategy
 from remd_core.training import TrainConfig, build_model, build_objective, fit
-from remd_core.transforms import PRESENT
+from remd_core.data.transforms import PRESENT
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)
 TINY = EncoderConfig(width=0.125)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from remd_core.imbalance import (CONR_BETA, FDS, LabelBins, conr_loss, conr_masks, kernel_window, lds_weights,
-                                 nt_xent_loss, rnc_loss, weighted_mse)
+from remd_core.data.labels import LabelBins, kernel_window
+from remd_core.losses import CONR_BETA, conr_loss, conr_masks, lds_weights, nt_xent_loss, rnc_loss, weighted_mse
+from remd_core.models.fds import FDS
 
 D = torch.float64
 

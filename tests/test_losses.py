@@ -11,7 +11,7 @@ import torch
 from remd_core.losses import (MIN_LABEL_VAR, SMAPE_FLOOR_DB, am_supcon_loss, l1_loss, margin_schedule, mse_loss,
                               one_minus_r2, positive_mask, regression_loss, smape_loss, smape_r2_loss,
                               stage1_objective)
-from remd_core.metrics import SMAPE_EPS, r2, smape
+from remd_core.evaluation.metrics import SMAPE_EPS, r2, smape
 
 
 @pytest.fixture

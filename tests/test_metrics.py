@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from remd_core import metrics
+from remd_core.evaluation import metrics
 
-from remd_core.metrics import (SMAPE_EPS, Regions, gmean_abs_error, head_tail_split, mae, mse, per_region_report, r2,
+from remd_core.evaluation.metrics import (SMAPE_EPS, Regions, gmean_abs_error, head_tail_split, mae, mse, per_region_report, r2,
                                region_labels, regression_report, smape, stage_score)
 
 

@@ -15,7 +15,7 @@ from remd_core.config import ConfigError
 from remd_core.data import DatasetSpec, ModalitySpec, MultimodalDataset, MultimodalSplit, load
 from remd_core.data.missing import (PATTERNS, MissingConfig, draw_absent, draw_uniforms, missing_pattern,
                                     missing_table, patterns_for, with_missing)
-from remd_core.metrics import mae, mse, per_pattern_report, r2
+from remd_core.evaluation.metrics import mae, mse, per_pattern_report, r2
 
 NAMES = ("fundus", "oct")
 

@@ -17,7 +17,7 @@ from remd_core.losses import mse_loss
 from remd_core.models import EncoderConfig
 from remd_core.models.simmlm import mofe_term
 from remd_core.training import TrainConfig, build_model, build_objective, predict
-from remd_core.transforms import DRAW_SEED, PRESENT
+from remd_core.data.transforms import DRAW_SEED, PRESENT
 
 SMALL = dict(n_eyes=80, image_size=16, oct_size=16, n_bscans=2, test=20, val=12, cache=False)
 BASE = TrainConfig(epochs=1, batch_size=8, precision="float64", encoder=EncoderConfig(width=0.125))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from remd_core import metrics
+from remd_core.evaluation import metrics
 from remd_core.data import load
 from remd_core.losses import PAPER_RUN_STEPS, margin_schedule, reference_step, smape_r2_loss
 from remd_core.models import EncoderConfig

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from remd_core import metrics
+from remd_core.evaluation import metrics
 from remd_core.training.checkpoint import Checkpoints
 from remd_core.data import load
 from remd_core.diagnosis import (describe_probe_oscillation, probe_allocation, probe_oscillation_table,
@@ -20,7 +20,7 @@ from remd_core.diagnosis.probe import REGION_GROUPS, build_probe
 from remd_core.losses import regression_loss
 from remd_core.models import EncoderConfig
 from remd_core.training import TrainConfig, build_model, build_objective, fit
-from remd_core.transforms import prepare_inputs
+from remd_core.data.transforms import prepare_inputs
 
 SMALL = dict(n_eyes=80, image_size=32, oct_size=32, n_bscans=2, test=20, val=12, cache=False)
 SIZE = 16

@@ -19,7 +19,7 @@ from remd_core.models import EncoderConfig, check_model
 from remd_core.models.rima import RIMARegressor, rima_alignment_loss
 from remd_core.models.rima_ot import (feature_coupling, intra_domain_cost, labelled_gw_coupling,
                                       projection_from_coupling, sample_partners)
-from remd_core.transforms import PRESENT
+from remd_core.data.transforms import PRESENT
 
 MARGINAL_TOL = 1e-5
 """Marginal tolerance of ``labelled_gw_coupling`` at its defaults (documented in rima_ot, difference 3)."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from remd_core import metrics
+from remd_core.evaluation import metrics
 from remd_core.models import check_model
 from remd_core.optim import SAM, SAMConfig, ImbSAM, ImbSAMConfig, SSESAM, SSESAMConfig, Losses, build_strategy
 from remd_core.optim.imbsam import head_mask

@@ -2,7 +2,7 @@
 
 import pytest
 
-from remd_core import metrics
+from remd_core.evaluation import metrics
 from remd_core.data import load
 from remd_core.models import EncoderConfig
 from remd_core.optim import SSESAM, RunInfo

@@ -14,7 +14,7 @@ from remd_core.data.format import DatasetSpec, ModalitySpec
 from remd_core.models import EncoderConfig, check_model
 from remd_core.models.simmlm import (MOFE_WEIGHT, SimMLMRegressor, fewer_subset, mofe_loss, mofe_term,
                                      per_sample_error, with_present)
-from remd_core.transforms import PRESENT
+from remd_core.data.transforms import PRESENT
 
 VECTORS = DatasetSpec("three", tuple(ModalitySpec(m, "vector", (d,)) for m, d in (("a", 5), ("b", 4), ("c", 6))))
 EYES = DatasetSpec("eyes", (ModalitySpec("fundus", "image", (3, 32, 32)), ModalitySpec("oct", "volume", (2, 32, 32))))

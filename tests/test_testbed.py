@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from remd_core import metrics
+from remd_core.evaluation import metrics
 from remd_core.experiments.grid import expand
 from remd_core.experiments.testbed import (OUTCOMES, best_unimodal, mechanism_knobs, oscillation, outcomes, phase_grid,
                                            settings_per_group, verdict)

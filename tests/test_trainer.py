@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from remd_core import metrics
+from remd_core.evaluation import metrics
 from remd_core.data import load
 from remd_core.models import EncoderConfig
 import pandas as pd
@@ -65,7 +65,7 @@ def test_training_is_deterministic_on_cpu(dataset):
 
 
 def test_head_and_tail_subsets_train_on_their_samples_only():
-    from remd_core.metrics import head_tail_split
+    from remd_core.evaluation.metrics import head_tail_split
     from remd_core.training import training_split
 
     dataset = load("synthetic-stage2", n_eyes=500, image_size=8, oct_size=8, n_bscans=1, cache=False)

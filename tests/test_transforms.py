@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from remd_core.transforms import (IMAGE_MEAN, IMAGE_STD, drop_modalities, normalize, prepare_inputs, random_intensity,
+from remd_core.data.transforms import (IMAGE_MEAN, IMAGE_STD, drop_modalities, normalize, prepare_inputs, random_intensity,
                                   random_translate)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from remd_core.data import load
-from remd_core.metrics import region_labels
+from remd_core.evaluation.metrics import region_labels
 from remd_core.models import EncoderConfig
 from remd_core.optim import RunInfo
 from remd_core.training import TrainConfig, build_model, build_objective

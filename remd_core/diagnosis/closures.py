@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..data.format import MultimodalSplit
-from ..transforms import prepare_inputs
+from ..data.transforms import prepare_inputs
 
 
 def fixed_batch_loss(model, split: MultimodalSplit, label_mean: float, label_std: float, size: int = 64,

@@ -11,7 +11,7 @@ is constant (its oscillation index is exactly 0), so whatever it oscillates come
 
 The probe set (``select_probe_set``). ``size`` eyes of the whole training split (not of
 ``TrainConfig.subset``: every run on one data set, all / head / tail, unimodal or fused, probes the
-same eyes), stratified over the MD regions of ``metrics.region_labels`` of the training labels:
+same eyes), stratified over the MD regions of ``data.labels.region_labels`` of the training labels:
 ``probe_allocation`` deals the eyes out one at a time over the regions, tail first (few, medium,
 many), skipping a region once it has no eyes left, so the regions get equal shares as far as they
 have eyes (64 eyes over three regions: 22 few, 21 medium, 21 many) and the tail is represented
@@ -54,10 +54,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import metrics
+from ..data.labels import REGIONS, region_labels
+from ..data.transforms import LABELS, SECOND_VIEW, prepare_inputs, to_device
 from ..optim.strategy import frozen_batchnorm_stats
 from ..timing import timed
-from ..transforms import LABELS, SECOND_VIEW, prepare_inputs, to_device
 
 PROBE_STREAM = 0x9B0BE
 """First word of the probe generator's seed, so that its draws are not the training generator's."""
@@ -88,13 +88,13 @@ def probe_allocation(counts: dict[str, int], size: int) -> dict[str, int]:
 @dataclass(frozen=True)
 class ProbeSet:
     """Probe eyes: ``index`` (positions in the training split, ascending) and ``regions`` ("many",
-    "medium" or "few" of each, ``metrics.region_labels`` of the training labels)."""
+    "medium" or "few" of each, ``data.labels.region_labels`` of the training labels)."""
 
     index: np.ndarray
     regions: np.ndarray
 
     def counts(self) -> dict[str, int]:
-        return {r: int(np.sum(self.regions == r)) for r in metrics.REGIONS}
+        return {r: int(np.sum(self.regions == r)) for r in REGIONS}
 
 
 def select_probe_set(y_train, size: int, seed: int) -> ProbeSet:
@@ -103,7 +103,7 @@ def select_probe_set(y_train, size: int, seed: int) -> ProbeSet:
     ``size`` and ``seed`` only."""
     y = np.asarray(y_train.detach().cpu().numpy() if hasattr(y_train, "detach") else y_train,
                    dtype=np.float64).reshape(-1)
-    names = metrics.region_labels(y).assign(y)
+    names = region_labels(y).assign(y)
     take = probe_allocation({r: int(np.sum(names == r)) for r in ALLOCATION_ORDER}, size)
     rng = np.random.default_rng([PROBE_STREAM, int(seed) % 2**63])
     chosen = [rng.choice(np.flatnonzero(names == r), take[r], replace=False) for r in ALLOCATION_ORDER]

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import metrics
 from ..data.format import MultimodalDataset, MultimodalSplit
 from ..data.missing import PATTERNS, MissingConfig, missing_pattern, with_missing
+from ..evaluation import metrics
 from ..files import read_json, write_json
 from ..paths import display_path
 from ..training import TrainConfig, predict
@@ -100,7 +100,7 @@ def pattern_table(result, dataset: MultimodalDataset) -> list[dict]:
 def router_weights(result, dataset: MultimodalDataset) -> pd.DataFrame | None:
     """SimMLM's mean router weight of each modality per MD region of the test eyes (None for a model
     without a router)."""
-    from ..transforms import prepare_inputs
+    from ..data.transforms import prepare_inputs
 
     model = result.model
     if not hasattr(model, "router"):
@@ -122,7 +122,7 @@ def rima_coupling(result, dataset: MultimodalDataset, eyes: int = 16) -> dict:
     a trained model (the picture of notebook 05), eyes sorted by glaucoma stage: ``coupling``
     ``[n, n]`` (fundus rows, OCT columns) and each eye's ``stage``."""
     from ..models.rima import rima_alignment_loss
-    from ..transforms import prepare_inputs
+    from ..data.transforms import prepare_inputs
 
     model, test = result.model, dataset.test
     order = torch.argsort(test.stage[:eyes], stable=True)

@@ -68,7 +68,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from .. import metrics as M
+from ..evaluation import metrics as M
 
 METRICS = {"r2": M.r2, "mse": M.mse}
 LEVEL, N_BOOT, N_PERM, SEED = 0.95, 2000, 2000, 0

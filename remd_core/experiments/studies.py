@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 from ..data.format import MultimodalDataset, MultimodalSplit
 from ..diagnosis import (fixed_batch_loss, random_direction, sgm_probes, sharpness_from_slice, slice_1d,
                          top_hessian_eigenvalue)
+from ..data.transforms import prepare_inputs
 from ..models import MultimodalRegressor
 from ..training import FitResult, TrainConfig, fit, load_encoders
-from ..transforms import prepare_inputs
 
 
 def subset_runs(dataset: MultimodalDataset, base: TrainConfig, subsets=("all", "head", "tail"),

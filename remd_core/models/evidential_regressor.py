@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..data.format import DatasetSpec
-from ..transforms import PRESENT
+from ..data.transforms import PRESENT
 from .encoders import EncoderConfig
 from .evidential import CONFIDENCE_WEIGHT, EvidentialHead, EvidentialOutput, StudentT, evidential_terms
 from .regressor import ModalityEncoders

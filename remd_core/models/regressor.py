@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from ..data.format import DatasetSpec
-from ..imbalance.fds import FDS
-from ..imbalance.lds import LabelBins
-from ..transforms import LABELS, PRESENT
+from ..data.labels import LabelBins
+from ..data.transforms import LABELS, PRESENT
 from .encoders import EncoderConfig, build_encoder
+from .fds import FDS
 
 
 class ModalityEncoders(nn.Module):

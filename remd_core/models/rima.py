@@ -106,7 +106,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.format import DatasetSpec, stage_from_md
-from ..transforms import PRESENT
+from ..data.transforms import PRESENT
 from .encoders import EncoderConfig
 from .regressor import ModalityEncoders
 from .rima_ot import (EPSILON, MAX_ITER, feature_coupling, labelled_gw_coupling, projection_from_coupling,

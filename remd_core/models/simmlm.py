@@ -92,7 +92,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.format import DatasetSpec
-from ..transforms import PRESENT
+from ..data.transforms import PRESENT
 from .encoders import EncoderConfig
 from .regressor import ModalityEncoders
 

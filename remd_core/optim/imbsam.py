@@ -9,7 +9,7 @@ The batch is split into head and tail samples; the update is
 
 (one global norm over every trainable parameter, as in SAM). Head and tail are regions of MD
 (our regression stand-in for the paper's head and tail classes): head = samples in the "many" bins
-of ``metrics.region_labels`` of the TRAINING labels, tail = "medium" and "few" (and labels outside
+of ``data.labels.region_labels`` of the TRAINING labels, tail = "medium" and "few" (and labels outside
 the training bins). ``set_regions(regions, label_mean, label_std)`` gives the strategy those
 training regions (the closure's ``Losses.target`` is standardised, so the bin edges are mapped into
 its units); the mask of a batch is then computed on the device (``torch.bucketize``), with no host
@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import metrics
+from ..data.labels import Regions, region_labels
 from .sam import perturbed, sam_perturbation, trainable
 from .strategy import Strategy, assign_grads, frozen_batchnorm_stats
 
@@ -137,7 +137,7 @@ class HeadTailSAM(Strategy):
         self._bins_on: tuple[Tensor, Tensor] | None = None
         self._outputs: list[Tensor] = []
 
-    def set_regions(self, regions: "metrics.Regions", label_mean: float = 0.0, label_std: float = 1.0):
+    def set_regions(self, regions: Regions, label_mean: float = 0.0, label_std: float = 1.0):
         """Head = the "many" bins of ``regions`` (from the TRAINING labels); ``label_mean`` and
         ``label_std`` standardise the bin edges as the closure's targets are standardised."""
         edges = (np.asarray(regions.edges, dtype=np.float64) - label_mean) / label_std
@@ -154,7 +154,7 @@ class HeadTailSAM(Strategy):
     def _head(self, target: Tensor) -> Tensor:
         cfg = self.config
         if self.bins is None:  # the batch's own regions: a stand-in (one host read)
-            regions = metrics.region_labels(target.detach().double().cpu().numpy(), cfg.bin_width, cfg.many, cfg.few)
+            regions = region_labels(target.detach().double().cpu().numpy(), cfg.bin_width, cfg.many, cfg.few)
             return torch.as_tensor(regions.assign(target.detach().double().cpu().numpy()) == "many",
                                    device=target.device)
         if self._bins_on is None or self._bins_on[0].device != target.device or self._bins_on[0].dtype != target.dtype:

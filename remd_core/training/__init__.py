@@ -21,7 +21,7 @@ model builder and objective), ``objectives`` (one ``Objective`` per model family
 Table 1's comparators use the same trainer: the model's head (``TrainConfig.head``, ``heads.HEADS``: the linear
 heads above, EyeMoSt's evidential heads, EchoMEN's multi-expert head on frozen encoders), a
 comparator's contrastive term in place of AM-SupCon (``contrastive_loss``: SimCLR, Rank-N-Contrast,
-EchoMEN, ConR; ``imbalance.objectives``) and the imbalanced-regression options LDS and FDS
+EchoMEN, ConR; ``losses.contrastive``) and the imbalanced-regression options LDS and FDS
 (``lds``, ``fds``). Each reaches the strategies as a ``Losses``, so no strategy knows about them.
 
 The regression loss is MSE by default; the paper's SMAPE + R^2 combination is

@@ -9,8 +9,8 @@ import torch
 
 from ..config import from_dict
 from ..diagnosis.probe import probe_cadence
-from ..imbalance.objectives import CONTRASTIVE_LOSSES, NEEDS_TWO_VIEWS, OFFICIAL_VIEWS
-from ..losses import SMAPE_FLOOR_DB
+from ..losses.contrastive import CONTRASTIVE, CONTRASTIVE_LOSSES, NEEDS_TWO_VIEWS, OFFICIAL_VIEWS
+from ..losses.regression import SMAPE_FLOOR_DB
 from ..models import EncoderConfig
 from .heads import HEADS
 
@@ -33,12 +33,12 @@ class TrainConfig:
 
     ``contrastive`` adds a contrastive term to the regression loss: ``contrastive_loss`` names it
     (``am-supcon``, stage 1 of section 4.1, weighted by ``supcon_weight``; or a comparator of
-    ``imbalance.objectives``: ``simclr``, ``rnc``, ``echomen``, ``conr``, weighted by
+    ``losses.contrastive``: ``simclr``, ``rnc``, ``echomen``, ``conr``, weighted by
     ``contrastive_weight``, None for the method's own), on ``contrastive_views`` augmented views of
     each batch (None: the method's own, 1 for AM-SupCon, 2 for the others). ``lds``: the regression
-    loss weighted by label distribution smoothing (``imbalance.lds``; Yang et al. 2021) over bins of
+    loss weighted by label distribution smoothing (``losses.lds``; Yang et al. 2021) over bins of
     ``label_bin_width`` dB of training MD (MSE only); ``fds``: feature distribution smoothing
-    (``imbalance.fds``) of each modality's features before the heads, over the same bins, its
+    (``models.fds``) of each modality's features before the heads, over the same bins, its
     statistics updated at the end of every epoch (``update_fds``). ``modality_dropout``: each training
     sample's present modalities are dropped (zero-filled, ``present`` False) with this probability,
     never all of them (``transforms.drop_modalities``), a baseline for missing modalities.
@@ -165,6 +165,13 @@ class TrainConfig:
         if not self.contrastive:
             return 1
         return self.contrastive_views or OFFICIAL_VIEWS[self.contrastive_loss]
+
+    def contrastive_term_weight(self) -> float:
+        """The contrastive term's weight: ``supcon_weight`` for AM-SupCon, else ``contrastive_weight`` or,
+        when None, the method's own (``losses.contrastive.CONTRASTIVE``)."""
+        if self.contrastive_loss == "am-supcon":
+            return self.supcon_weight
+        return CONTRASTIVE[self.contrastive_loss].weight if self.contrastive_weight is None else self.contrastive_weight
 
     def parameter_dtype(self) -> torch.dtype:
         """The dtype of the weights: float64 for ``precision="float64"``, else float32 (bf16 is

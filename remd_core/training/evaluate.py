@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import metrics
 from ..data.format import MultimodalDataset, MultimodalSplit
+from ..data.labels import region_labels
+from ..data.transforms import prepare_inputs
+from ..evaluation import metrics
 from ..models import MultimodalRegressor
 from ..models.evidential import predictive_interval
 from ..models.evidential_regressor import standardised_to_labels
 from ..timing import timed
-from ..transforms import prepare_inputs
 from .config import TrainConfig
 
 
@@ -83,6 +84,6 @@ def final_report(model, dataset: MultimodalDataset, config: TrainConfig, mean: f
     results = {s: metrics.regression_report(dataset[s].y.numpy(), p,
                                             (intervals[s][:, 0], intervals[s][:, 1]) if s in intervals else None)
                for s, p in predictions.items()}
-    regions = metrics.region_labels(dataset.train.y.numpy())
+    regions = region_labels(dataset.train.y.numpy())
     region_table = metrics.per_region_report(dataset.test.y.numpy(), predictions["test"], regions)
     return predictions, intervals, results, region_table

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..imbalance.lds import LabelBins
-from ..losses import regression_loss
+from ..data.labels import LabelBins
+from ..losses.regression import regression_loss
 from ..models import MultimodalRegressor
 from ..models.evidential_regressor import EVIDENTIAL_HEADS, EvidentialRegressor
 from ..models.multi_expert import MultiExpertRegressor

@@ -21,14 +21,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import metrics
 from ..data.format import MultimodalDataset, MultimodalSplit
+from ..data.labels import head_tail_split, region_labels
+from ..data.transforms import prepare_inputs, to_device
 from ..diagnosis.probe import build_probe
-from ..losses import margin_schedule, reference_step
+from ..evaluation import metrics
+from ..losses.am_supcon import margin_schedule, reference_step
 from ..models import MultimodalRegressor
 from ..optim import NonFiniteError, RunInfo, build_strategy
 from ..progress import report
-from ..transforms import prepare_inputs, to_device
 from .checkpoint import Checkpoints, LoopState, Trainables
 from .config import TrainConfig
 from .evaluate import FitResult, final_report, predict
@@ -45,7 +46,7 @@ def training_split(dataset: MultimodalDataset, subset: str) -> MultimodalSplit:
     train = dataset.train
     if subset == "all":
         return train
-    head, tail = metrics.head_tail_split(train.y.numpy(), medium_as_tail=subset == "tail")
+    head, tail = head_tail_split(train.y.numpy(), medium_as_tail=subset == "tail")
     mask = head if subset == "head" else tail
     if not mask.any():
         raise ValueError(f"the {subset} subset of {dataset.name!r} is empty")
@@ -83,7 +84,7 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
     stop = len(train) - len(train) % config.batch_size if drop_last else len(train)
     steps_per_epoch = stop // config.batch_size if drop_last else 1
     total_steps = config.epochs * steps_per_epoch
-    strategy.prepare_run(RunInfo(metrics.region_labels(train.y.numpy()), float(mean), float(std), total_steps,
+    strategy.prepare_run(RunInfo(region_labels(train.y.numpy()), float(mean), float(std), total_steps,
                                  config.reference_run_steps))
     probe = build_probe(dataset.train, config, objective)  # None unless config.probe_every
     probe_every = config.probe_steps(total_steps)
@@ -161,7 +162,7 @@ def fit(dataset: MultimodalDataset, config: TrainConfig, progress: bool = True, 
 
 def update_fds(model: MultimodalRegressor, split: MultimodalSplit, kinds: dict[str, str], batch_size: int, device,
                epoch: int) -> None:
-    """FDS's end-of-epoch update (``imbalance.fds.FDS.update``) with every modality's features of the whole
+    """FDS's end-of-epoch update (``models.fds.FDS.update``) with every modality's features of the whole
     training split. The official code collects the features of the epoch's training forward passes
     (augmented, BatchNorm in training mode); we encode the split once more, without augmentation and
     in evaluation mode, because a strategy's step may run several forward passes (SAM's perturbed one,

@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..imbalance.echomen import fit_expert_weights, multi_expert_loss
-from ..imbalance.lds import lds_weights, weighted_mse
-from ..imbalance.objectives import CONTRASTIVE_WEIGHTS, contrastive_term
-from ..losses import stage1_objective
+from ..data.transforms import DRAW_SEED, LABELS, PRESENT, SECOND_VIEW, drop_modalities, prepare_inputs, to_device
+from ..losses.contrastive import Contrast, contrastive_term
+from ..losses.echomen import fit_expert_weights, multi_expert_loss
+from ..losses.lds import lds_weights, weighted_mse
 from ..models.evidential_regressor import evidential_losses
 from ..models.rima import rima_alignment_loss
 from ..models.simmlm import mofe_term
 from ..optim import Losses
-from ..transforms import DRAW_SEED, LABELS, PRESENT, SECOND_VIEW, drop_modalities, prepare_inputs, to_device
 from .runtime import autocast_context
 
 if TYPE_CHECKING:
@@ -112,9 +111,9 @@ class Objective:
 
 class RegressionObjective(Objective):
     """The linear heads of section 3.1: the regression loss of the fused head and, in a model of two or
-    more modalities, of every unimodal head; in stage 1 (``config.contrastive``, section 4.1)
-    ``losses.stage1_objective``'s AM-SupCon term, or a comparator's contrastive term
-    (``imbalance.objectives``), as ``Losses.extra``; with ``config.lds`` the MSE weighted by LDS."""
+    more modalities, of every unimodal head; with ``config.contrastive`` a contrastive term of
+    ``losses.contrastive`` (stage 1's AM-SupCon of section 4.1, or a comparator's) as ``Losses.extra``;
+    with ``config.lds`` the MSE weighted by LDS."""
 
     @classmethod
     def weights_for(cls, config: TrainConfig, y_train_db: torch.Tensor):
@@ -123,21 +122,12 @@ class RegressionObjective(Objective):
     def losses(self, model, inputs, target, out, second, margin) -> Losses:
         cfg, dtype = self.config, self.dtype
         regression = self.regression(target)
-        if cfg.contrastive and cfg.contrastive_loss == "am-supcon":
-            projections = [z.to(dtype) for z in out["projections"].values()]
-            stage1 = stage1_objective(out["fused"].to(dtype), target, projections, target, margin,
-                                      cfg.supcon_weight, regression=regression, temperature=cfg.temperature)
-            losses = Losses(fused=stage1["regression"], extra=stage1["contrastive"])
-        elif cfg.contrastive:
-            weight = CONTRASTIVE_WEIGHTS[cfg.contrastive_loss] if cfg.contrastive_weight is None \
-                else cfg.contrastive_weight
+        losses = Losses(fused=regression(out["fused"].to(dtype), target), features=out["features"], target=target)
+        if cfg.contrastive:
+            contrast = Contrast(target, self.label_mean, self.label_std, margin, cfg.temperature)
             term = contrastive_term(cfg.contrastive_loss, _in_dtype(out, dtype),
-                                    None if second is None else _in_dtype(second, dtype), target,
-                                    self.label_mean, self.label_std)
-            losses = Losses(fused=regression(out["fused"].to(dtype), target), extra=weight * term)
-        else:
-            losses = Losses(fused=regression(out["fused"].to(dtype), target))
-        losses.features, losses.target = out["features"], target
+                                    None if second is None else _in_dtype(second, dtype), contrast)
+            losses.extra = cfg.contrastive_term_weight() * term
         if self.multimodal:
             losses.unimodal = {m: regression(p.to(dtype), target) for m, p in out["unimodal"].items()}
         return losses
@@ -155,7 +145,7 @@ class EvidentialObjective(Objective):
 
 class MultiExpertObjective(Objective):
     """EchoMEN's multi-expert head: its re-weighted expert losses, with Eq. (4)'s expert weights over
-    1 dB bins of training MD (``imbalance.echomen``)."""
+    1 dB bins of training MD (``losses.echomen``)."""
 
     @classmethod
     def weights_for(cls, config: TrainConfig, y_train_db: torch.Tensor):
