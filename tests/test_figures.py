@@ -225,6 +225,23 @@ def test_a_right_hand_axis_title_does_not_overlap_the_next_panels_y_title():
     assert gap_px >= 2 * (title_px + tick_px)
 
 
+def test_facets_with_axes_of_their_own_show_their_ticks_clear_of_the_next_row():
+    """Notebook 02's embeddings: facets with independent axes (``matches=None``) each show their
+    tick labels, and the rows move apart so that a row's x tick labels do not run into the next."""
+    frame = oscillation_frame().assign(progress=lambda f: f["progress"] * np.where(f["head"] == "oct", 10, 1))
+    fig = px.scatter(frame, x="progress", y="loss", facet_row="head", facet_col="subset", height=650)
+    fig.update_xaxes(matches=None)
+    fig.update_yaxes(matches=None)
+    finish(fig)
+    cells = visible_subplots(fig)
+    for c in cells:
+        assert fig.layout[figures._layout_key(c.x)].showticklabels is not False
+        assert fig.layout[figures._layout_key(c.y)].showticklabels is not False
+    lower, upper = sorted({c.y_domain for c in cells})
+    plot_h = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    assert (upper[0] - lower[1]) * plot_h >= LINE_HEIGHT * figures.FONT_SIZE
+
+
 def test_axis_titles_that_differ_stay_on_their_axes():
     fig = make_subplots(rows=1, cols=2)
     fig.add_scatter(x=[0, 1], y=[0, 1], row=1, col=1)

@@ -477,28 +477,110 @@ def _separate_columns(fig, width: float) -> None:
                 px = max(px, _tick_extent(fig, name, 0.0) + (LINE_HEIGHT * size + 12 if title else 0))
         return px
 
-    needed = [(side_px(a, "right") + side_px(b, "left") + 12) / plot_w for a, b in zip(cols, cols[1:])]
-    gaps = [b[0] - a[1] for a, b in zip(cols, cols[1:])]
-    if all(g >= n for g, n in zip(gaps, needed)):
+    new = _spread(cols, [(side_px(a, "right") + side_px(b, "left") + 12) / plot_w for a, b in zip(cols, cols[1:])])
+    if new is None:
         return
-    gaps = [max(g, n) for g, n in zip(gaps, needed)]
-    lo, hi = cols[0][0], cols[-1][1]
-    size = (hi - lo - sum(gaps)) / len(cols)
-    if size <= 0.1:
-        return
-    new, start = {}, lo
-    for i, col in enumerate(cols):
-        new[col] = (start, start + size)
-        start += size + (gaps[i] if i < len(gaps) else 0)
     for c in subplots(fig):
         if _key(c.x_domain) in new:
             fig.layout[_layout_key(c.x)].domain = new[_key(c.x_domain)]
     for a in fig.layout.annotations:
-        if _is_shared(a) or a.xref != "paper" or a.showarrow is not False:
+        if _is_shared(a) or a.xref != "paper" or a.showarrow is not False or a.textangle == 90:
             continue
         col = next((k for k in cols if abs((k[0] + k[1]) / 2 - (a.x or 0)) < 1e-3), None)
-        if col is not None and a.textangle != 90:
+        if col is not None:
             a.x = sum(new[col]) / 2
+
+
+def _separate_rows(fig, height: float) -> None:
+    """Move adjacent rows apart where what hangs below the upper row (x tick labels and titles)
+    and what stands on the lower one (its facet or subplot labels) need more room than the gap."""
+    cells = visible_subplots(fig)
+    rows = sorted({_key(c.y_domain) for c in cells})
+    if len(rows) < 2:
+        return
+    margin = fig.layout.margin
+    plot_w = fig.layout.width - (margin.l or 80) - (margin.r or 80)
+    plot_h = height - (margin.t or 100) - (margin.b or 80)
+
+    def below_px(row) -> float:
+        px = 0.0
+        for c in cells:
+            axis = fig.layout[_layout_key(c.x)]
+            if _key(c.y_domain) != row or axis.visible is False:
+                continue
+            title = axis.title.text if axis.title else None
+            size = axis.title.font.size if axis.title and axis.title.font.size else AXIS_TITLE_SIZE
+            cell_px = (c.x_domain[1] - c.x_domain[0]) * plot_w
+            px = max(px, _tick_extent(fig, c.x, cell_px) + (LINE_HEIGHT * size + 10 if title else 0))
+        return px
+
+    def above_px(row) -> float:
+        lines = [len(re.split(r"<br\s*/?>", a.text or "")) for a in fig.layout.annotations
+                 if not _is_shared(a) and a.yref == "paper" and a.showarrow is False and a.textangle != 90
+                 and a.yanchor == "bottom" and abs((a.y or 0) - row[1]) < 1e-3]
+        size = max([FONT_SIZE] + [a.font.size or FONT_SIZE for a in fig.layout.annotations if a.font])
+        return max(lines, default=0) * LINE_HEIGHT * size
+
+    new = _spread(rows, [(below_px(upper) + above_px(lower) + 8) / plot_h for lower, upper in zip(rows, rows[1:])])
+    if new is None:
+        return
+    for c in subplots(fig):
+        if _key(c.y_domain) in new:
+            domain = new[_key(c.y_domain)]
+            fig.layout[_layout_key(c.y)].domain = domain
+            for overlay in _axes(fig, "y").values():
+                if overlay.overlaying == c.y:
+                    overlay.domain = domain
+    for a in fig.layout.annotations:
+        if _is_shared(a) or a.yref != "paper" or a.showarrow is not False:
+            continue
+        if a.textangle == 90:
+            row = next((r for r in rows if abs((r[0] + r[1]) / 2 - (a.y or 0)) < 1e-3), None)
+            if row is not None:
+                a.y = sum(new[row]) / 2
+        elif a.yanchor == "bottom":
+            row = next((r for r in rows if abs(r[1] - (a.y or 0)) < 1e-3), None)
+            if row is not None:
+                a.y = new[row][1]
+
+
+def _spread(intervals: list[tuple[float, float]], needed: list[float]) -> dict | None:
+    """New domains for ``intervals`` (sorted, paper units) whose gaps are at least ``needed``,
+    over the same span and with equal sizes; None where the gaps suffice or no room is left."""
+    gaps = [b[0] - a[1] for a, b in zip(intervals, intervals[1:])]
+    if all(g >= n - 1e-9 for g, n in zip(gaps, needed)):
+        return None
+    gaps = [max(g, n) for g, n in zip(gaps, needed)]
+    lo, hi = intervals[0][0], intervals[-1][1]
+    size = (hi - lo - sum(gaps)) / len(intervals)
+    if size <= 0.05:
+        return None
+    new, start = {}, lo
+    for i, interval in enumerate(intervals):
+        new[interval] = (start, start + size)
+        start += size + (gaps[i] if i < len(gaps) else 0)
+    return new
+
+
+def _place_shared_titles(fig) -> None:
+    """Centre every shared axis title on the axes it stands for, as they are now."""
+    for a in fig.layout.annotations:
+        if not _is_shared(a):
+            continue
+        _, letter, *names = a.name.split()
+        x_domains = [_domain(fig.layout[_layout_key(n if letter == "x" else _anchor(fig, n))]) for n in names]
+        y_domains = [_domain(fig.layout[_layout_key(_anchor(fig, n) if letter == "x" else n)]) for n in names]
+        if letter == "x":
+            a.x = (min(d[0] for d in x_domains) + max(d[1] for d in x_domains)) / 2
+            a.y = min(d[0] for d in y_domains)
+        else:
+            a.x = min(d[0] for d in x_domains)
+            a.y = (min(d[0] for d in y_domains) + max(d[1] for d in y_domains)) / 2
+
+
+def _anchor(fig, axis: str) -> str:
+    anchor = fig.layout[_layout_key(axis)].anchor
+    return anchor if anchor and anchor != "free" else ("y" if axis[0] == "x" else "x")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,7 +635,6 @@ def _finish_plotly(fig, width, height):
         if getattr(margin, side) is None:
             setattr(margin, side, default)
     _shared_titles(fig, width, height)
-    _separate_columns(fig, width)
     labels = _facet_label_lines(fig, width)
     size = fig.layout.title.font.size or TITLE_SIZE
     if fig.layout.title.text:
@@ -563,6 +644,9 @@ def _finish_plotly(fig, width, height):
     title_px = sum(LINE_HEIGHT * s for _, s in title_lines(fig))
     margin.t = math.ceil(TOP_PAD + title_px + 14 + labels * LINE_HEIGHT * FONT_SIZE) if title_px else max(
         30, math.ceil(20 + labels * LINE_HEIGHT * FONT_SIZE))
+    _separate_columns(fig, width)
+    _separate_rows(fig, height)
+    _place_shared_titles(fig)
     return fig
 
 
