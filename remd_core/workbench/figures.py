@@ -14,8 +14,9 @@ figure reads at a glance whatever its text and however many facets it has:
   that the grid showed only on that cell move to its nearest neighbour with data;
 - one axis title per shared axis: facets that repeat one x title along a row of the grid (or one y
   title down a column) get it once, centred under (beside) them, instead of one overlapping copy
-  per facet; adjacent panels whose axis titles would overlap (a right-hand y axis beside the next
-  panel's left one) are moved apart;
+  per facet; adjacent panels whose axis titles or tick labels would overlap (a right-hand y axis
+  beside the next panel's left one, a row's x tick labels over the next row) are moved apart, and an
+  axis that shares its range with no other shows its own tick labels;
 - facet labels wrapped to their facet's width; a line with a single point gets a marker (a lone
   point of a line trace is otherwise not drawn).
 
