@@ -191,10 +191,14 @@ def test_expert_weights_clipping_and_interpolation():
     table = echomen.fit_expert_weights(TRAIN, 2, bin_width=1.0, max_count=2.0)
     assert table.counts.tolist() == [2.0, 1.0, 1.0, 1.0]
     interp = echomen.fit_expert_weights(TRAIN, 2, bin_width=1.0, interpolate=True)
-    # bin centres 0.5, 1.5, 2.5, 3.5 with counts 3, 1, 1, 1; held constant beyond the ends
+    # bin centres 0.5, 1.5, 2.5, 3.5 with counts 3, 1, 1, 1; beyond the end centres the official code
+    # interpolates toward the empty neighbour bins (centres -0.5 and 4.5), whose counts clip to min_count 1
     counts = interp.count_at(torch.tensor([1.0, 0.2, 0.7, 3.9], dtype=torch.float64))
-    np.testing.assert_allclose(counts.numpy(), [2.0, 3.0, 3 * 0.8 + 1 * 0.2, 1.0], rtol=1e-12)
-    norm = (1 / 3 + 1 / 3 + 1 / 2.6 + 1 + 1) / 5
+    np.testing.assert_allclose(counts.numpy(), [2.0, 1 * 0.3 + 3 * 0.7, 3 * 0.8 + 1 * 0.2, 1.0], rtol=1e-12)
+    floor5 = echomen.fit_expert_weights(TRAIN, 2, bin_width=1.0, interpolate=True, min_count=0.5)
+    assert floor5.count_at(torch.tensor([0.2], dtype=torch.float64)).item() == pytest.approx(0.5 * 0.3 + 3 * 0.7)
+    # training labels 0.2, 0.4, 0.7, 1.5, 3.1 have counts 2.4, 2.8, 2.6, 1, 1
+    norm = (1 / 2.4 + 1 / 2.8 + 1 / 2.6 + 1 + 1) / 5
     assert interp(torch.tensor([1.0], dtype=torch.float64))[0, 1].item() == pytest.approx(0.5 / norm, rel=1e-12)
     # bins aligned to multiples of the width
     assert echomen.fit_expert_weights([-3.7, -1.2, 0.4], 3, bin_width=2.0).low == -4.0

@@ -277,19 +277,25 @@ def test_evidential_loss_matches_recomputation():
     head = ev.EvidentialHead(dims)
     present = torch.tensor([[True, True], [True, False], [True, True], [False, True], [True, True]])
     out = head(feats, present)
-    want = 0.0
+    f = out.fused
+    fused = (-torch.tensor(stats.t.logpdf(y.numpy(), df=f.df.detach().numpy(), loc=f.loc.detach().numpy(),
+                                          scale=f.scale.detach().numpy())) + 0.5 * torch.abs(y - f.loc)).mean()
+    # official calculate_evidential_loss_constraints: mean(nll + 0.01 * ce * conf), ce one batch scalar
+    # (here the mean absolute error over the modality's present eyes), conf = v + alpha + 1/beta per eye
+    want, per_sample = fused, fused
     for j, m in enumerate(dims):
         p = out.nig[m]
         rows = present[:, j]
-        per = ev.nig_nll(y, p.gamma, p.v, p.alpha, p.beta) + 0.01 * torch.abs(y - p.gamma) * (
-            p.v + p.alpha + 1 / p.beta)
-        want = want + per[rows].mean()
-    f = out.fused
-    want = want + (-torch.tensor(stats.t.logpdf(y.numpy(), df=f.df.detach().numpy(), loc=f.loc.detach().numpy(),
-                                                scale=f.scale.detach().numpy())) + 0.5 * torch.abs(y - f.loc)).mean()
+        nll, conf = ev.nig_nll(y, p.gamma, p.v, p.alpha, p.beta)[rows], (p.v + p.alpha + 1 / p.beta)[rows]
+        err = torch.abs(y - p.gamma)[rows]
+        want = want + nll.mean() + 0.01 * err.mean() * conf.mean()
+        per_sample = per_sample + (nll + 0.01 * err * conf).mean()
     assert ev.evidential_loss(out, y).item() == pytest.approx(want.item(), rel=1e-10)
+    assert ev.evidential_loss(out, y, regulariser_error="sample").item() == pytest.approx(per_sample.item(), rel=1e-10)
+    assert abs(want.item() - per_sample.item()) > 1e-6  # the two forms differ on this batch
     # EyeMoSt+ adds 10 * sum over counted eyes of relu(conf_m - conf_F)
     conf_f = 1 / f.scale ** 2 + f.df
+    assert torch.allclose(ev.fused_confidence(f.scale, f.df, official_units=True), 1 / (f.scale ** 2) ** 2 + f.df)
     extra = 0.0
     for j, m in enumerate(dims):
         p = out.nig[m]

@@ -513,3 +513,18 @@ def test_no_device_sync_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert total.device.type == "cuda" and torch.isfinite(total).item()
+
+
+def test_lds_inverse_smooths_with_the_official_clipped_empty_bins_beyond_the_training_labels():
+    # official _prepare_weights: a histogram over the whole label range, every bin clipped to [5, 1000]
+    # (empty bins become 5), then convolve1d with zero padding only beyond that whole range
+    y = np.array([0.5, 1.5, 1.6, 1.7, 2.5] + [1.2] * 6)  # bins of width 1 from 0: counts 1, 9, 1
+    full_range = np.array([0, 0, 0, 1, 9, 1, 0, 0, 0], dtype=float)  # the label range reaches 3 bins either side
+    window = np.array([1.0, 2.0, 1.0]) / 4  # triang(3), normalised
+    smoothed = np.convolve(np.clip(full_range, 5, 1000), window, mode="same")[3:6]
+    per_sample = 1 / smoothed[np.floor(y).astype(int)]
+    want = per_sample * len(y) / per_sample.sum()
+    got = lds_weights(y, 1.0, kernel="triang", ks=3, reweight="inverse", origin=0.0)
+    np.testing.assert_allclose(got(torch.as_tensor(y)).numpy(), want, rtol=1e-12)
+    # the end bin sees its empty neighbour as the clipped 5, not as zero padding
+    assert smoothed[0] == pytest.approx((5 + 2 * 5 + 9) / 4)

@@ -44,9 +44,10 @@ def test_simmlm_loss_is_regression_plus_mofe_on_a_fewer_copy(missing):
     out = model(inputs)
     ranking, info = mofe_term(model, inputs, target, out, torch.Generator().manual_seed(inputs[DRAW_SEED]))
     paired = info["has_pair"]
-    want = ranking + mse_loss(info["out_fewer"]["fused"][paired], target[paired])
-    assert losses.fused.item() == pytest.approx(mse_loss(out["fused"], target).item(), rel=1e-12)
-    assert losses.extra.item() == pytest.approx(want.item(), rel=1e-12)
+    # the official task loss: one batch mean over both copies (B more copies, the paired eyes' fewer copies)
+    errors = torch.cat([out["fused"] - target, info["out_fewer"]["fused"][paired] - target[paired]]) ** 2
+    assert losses.fused.item() == pytest.approx(errors.mean().item(), rel=1e-12)
+    assert losses.extra.item() == pytest.approx(ranking.item(), rel=1e-12)
     assert paired.any() and not paired.all()  # eyes with one modality have no pair
 
 

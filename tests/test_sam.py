@@ -190,13 +190,14 @@ def normalised(grads, rho):
     return [rho * g / (norm + 1e-12) for g in grads]
 
 
-def reference_steps(model, inputs, target, head, steps, lr, rho_head_at, rho_tail):
-    """Head-tail SAM written out: g = grad L_head(w + e_head) + grad L_tail(w + e_tail) + grad extra(w),
-    ``e_k = rho_k g_k(w) / ||g_k(w)||`` (``rho_head_at(t) = 0``: head at w), then SGD."""
+def reference_steps(model, inputs, target, head, steps, lr, rho_head_at, rho_tail, tail_weight=1.0):
+    """Head-tail SAM written out: g = grad L_head(w + e_head) + c grad L_tail(w + e_tail) + grad extra(w),
+    ``e_k = rho_k g_k(w) / ||g_k(w)||`` (``rho_head_at(t) = 0``: head at w), then SGD; ``c`` the tail
+    weight (the official ImbSAM step's ``loss[tail].sum() / B * 2``: c = 2, at w and at w + e)."""
     tail = ~head
     for t in range(steps):
         lh = lambda: group_loss(model, inputs, target, head)  # noqa: E731
-        lt = lambda: group_loss(model, inputs, target, tail)  # noqa: E731
+        lt = lambda: tail_weight * group_loss(model, inputs, target, tail)  # noqa: E731
         extra = lambda: extra_term(model, model(inputs))  # noqa: E731
         g_h, g_t, g_x = grad_at(model, lh), grad_at(model, lt), grad_at(model, extra)
         if rho_head_at(t) > 0:
@@ -222,13 +223,37 @@ def assert_same_parameters(a, b, tol=1e-10):
 MODALITIES = [("a", "b"), ("a",)]
 
 
+def test_imbsam_tail_is_the_few_bins_by_default_and_medium_joins_the_head():
+    _, _, target, regions, _ = cnn_problem()
+    default = ImbSAM(ImbSAMConfig()).set_regions(regions, LABEL_MEAN, LABEL_STD)
+    ours = ImbSAM(ImbSAMConfig(tail=("medium", "few"))).set_regions(regions, LABEL_MEAN, LABEL_STD)
+    assert default.bins[1].tolist() == [r != "few" for r in regions.regions]
+    assert ours.bins[1].tolist() == [r == "many" for r in regions.regions]
+    assert "medium" in regions.regions
+    with pytest.raises(ValueError, match="tail"):
+        ImbSAMConfig(tail=("rare",))
+
+
+def few_of(regions, target):
+    """The official ImbSAM tail of a batch: its samples in "few" bins (or outside every bin)."""
+    return torch.as_tensor(regions.assign((target * LABEL_STD + LABEL_MEAN).numpy()) == "few")
+
+
 @pytest.mark.parametrize("modalities", MODALITIES)
-def test_imbsam_three_steps_equal_the_straightforward_recomputation(modalities):
+@pytest.mark.parametrize("official", [True, False])
+def test_imbsam_three_steps_equal_the_straightforward_recomputation(modalities, official):
     model, inputs, target, regions, head = cnn_problem(modalities)
     ref = copy.deepcopy(model)
-    strategy = ImbSAM(ImbSAMConfig(rho=0.2)).set_regions(regions, LABEL_MEAN, LABEL_STD)
+    if official:  # default: tail = the few bins, its loss weighted 2 (cool-xuan/Imbalanced_SAM forbackward);
+        # the medium bins relabelled few, so that the batch has a tail
+        regions = dataclasses.replace(regions, regions=tuple("few" if r == "medium" else r for r in regions.regions))
+        config, weight = ImbSAMConfig(rho=0.2), 2.0
+        assert torch.equal(head, ~few_of(regions, target)) and 0 < int((~head).sum()) < len(target)
+    else:  # the workbench's reading before: tail = medium and few, weight 1
+        config, weight = ImbSAMConfig(rho=0.2, tail=("medium", "few"), tail_weight=1.0), 1.0
+    strategy = ImbSAM(config).set_regions(regions, LABEL_MEAN, LABEL_STD)
     strategy_steps(strategy, model, inputs, target, 3, lr=0.1)
-    reference_steps(ref, inputs, target, head, 3, lr=0.1, rho_head_at=lambda t: 0.0, rho_tail=0.2)
+    reference_steps(ref, inputs, target, head, 3, lr=0.1, rho_head_at=lambda t: 0.0, rho_tail=0.2, tail_weight=weight)
     assert_same_parameters(model, ref)
     moved = copy.deepcopy(model)
     reference_steps(moved, inputs, target, head, 1, lr=0.1, rho_head_at=lambda t: 0.0, rho_tail=0.0)
@@ -290,7 +315,7 @@ def test_a_batch_without_tail_is_the_plain_gradient_and_one_without_head_is_sam_
     nothing_head = dataclasses.replace(regions, regions=("few",) * len(regions.regions))
     strategy = ImbSAM(ImbSAMConfig(rho=0.5)).set_regions(nothing_head, LABEL_MEAN, LABEL_STD)
     strategy_steps(strategy, model, inputs, target, 1, lr=0.1)
-    reference_steps(ref, inputs, target, ~all_head, 1, lr=0.1, rho_head_at=lambda t: 0.0, rho_tail=0.5)
+    reference_steps(ref, inputs, target, ~all_head, 1, lr=0.1, rho_head_at=lambda t: 0.0, rho_tail=0.5, tail_weight=2.0)
     assert_same_parameters(model, ref)
 
 

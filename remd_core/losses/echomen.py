@@ -260,6 +260,7 @@ class ExpertWeights:
     exponents: torch.Tensor
     norm: torch.Tensor
     interpolate: bool = False
+    min_count: float = 1.0
 
     @property
     def num_experts(self) -> int:
@@ -273,14 +274,18 @@ class ExpertWeights:
 
     def count_at(self, y: torch.Tensor) -> torch.Tensor:
         """The clipped training count at each label ``[B]``: the label's bin (paper), or the counts
-        linearly interpolated between bin centres and held constant beyond the end ones (code)."""
+        linearly interpolated between bin centres (code). Under interpolation a label in the outer half of
+        the first or last bin is interpolated toward the empty neighbour bin, whose count is clipped to
+        ``min_count``, as in the official code, whose bins span the label's whole range; beyond that
+        neighbour's centre the count stays ``min_count``."""
         y = _labels(y)
         counts = self.counts.to(device=y.device, dtype=torch.float64)
         t = (y.to(torch.float64) - self.low) / self.bin_width
         last = counts.numel() - 1
         if not self.interpolate:
             return counts[LabelBins(self.low, self.bin_width, last + 1).index(y)]
-        t = t - 0.5
+        counts = torch.cat([counts.new_full((1,), self.min_count), counts, counts.new_full((1,), self.min_count)])
+        t, last = t + 0.5, last + 2  # centres of the padded bins: the first real one at 1
         i0 = t.floor().clamp(0, last)
         frac = (t - i0).clamp(0.0, 1.0)
         i0 = i0.long()
@@ -324,10 +329,10 @@ def fit_expert_weights(train_labels, num_experts: int = 3, *, bin_width: float =
     counts = np.clip(counts, min_count, np.inf if max_count is None else max_count)
     table = ExpertWeights(low=float(low), bin_width=float(bin_width), counts=torch.from_numpy(counts),
                           exponents=exponents, norm=torch.ones(num_experts, dtype=torch.float64),
-                          interpolate=bool(interpolate))
+                          interpolate=bool(interpolate), min_count=float(min_count))
     raw = table.count_at(torch.from_numpy(y))[:, None] ** (-exponents[None, :])
     return ExpertWeights(low=table.low, bin_width=table.bin_width, counts=table.counts, exponents=exponents,
-                         norm=raw.mean(dim=0), interpolate=table.interpolate)
+                         norm=raw.mean(dim=0), interpolate=table.interpolate, min_count=table.min_count)
 
 
 def multi_expert_loss(experts: torch.Tensor, gate: torch.Tensor, target: torch.Tensor,

@@ -31,9 +31,13 @@ is ``scipy.signal.windows.triang(ks)``; "laplace" samples ``exp(-|x| / sigma)`` 
 Where we differ from the official code
 --------------------------------------
 - Bins: any width (``bin_width``, in label units) and origin (default: the smallest training label)
-  instead of integer ages from 0. Zero padding beyond the histogram is the official behaviour, so this
-  changes nothing for labels inside the range. A label outside the training range (a query, never a
-  training sample) takes the weight of the nearest edge bin.
+  instead of integer ages from 0. The official histogram spans the whole label range, so the bins just
+  outside the training labels exist there, empty: with ``sqrt_inv`` they hold ``sqrt(0) = 0``, the same
+  as our zero padding; with ``inverse`` they are clipped to 5 like every empty bin and add to the
+  smoothed density near the ends of the training range. We pad with that clipped 5 under ``inverse``
+  (``convolve1d``'s ``cval``), which is the official result whenever the label range reaches at least
+  ``ks // 2`` bins beyond the training labels (MD always does). A label outside the training range
+  (a query, never a training sample) takes the weight of the nearest edge bin.
 - The windows are normalised to sum 1 (the official LDS window is normalised to peak 1, its FDS window to
   sum 1). A constant factor on the window cancels in step 4, so the weights are the same.
 - A bin whose smoothed density is 0 (an empty bin farther than ``ks // 2`` bins from any label; never a
@@ -113,7 +117,8 @@ def lds_weights(y_train, bin_width: float, kernel: str | None = "gaussian", ks: 
     else:
         value = np.clip(counts, *INVERSE_COUNT_CLIP)
     if window is not None:
-        value = convolve1d(value, weights=window, mode="constant", cval=0.0)
+        outside = INVERSE_COUNT_CLIP[0] if reweight == "inverse" else 0.0  # the official empty bins beyond ours
+        value = convolve1d(value, weights=window, mode="constant", cval=outside)
     with np.errstate(divide="ignore"):
         inv = np.where(value > 0, 1.0 / np.where(value > 0, value, 1.0), np.inf)
     per_sample = inv[idx]  # finite: a training sample's own bin has a positive count

@@ -50,12 +50,20 @@ Where this differs from the official code, and why
    (the official code assumes both modalities for every eye). An eye with no modality raises.
 5. The official code adds ``ev_st_u_min = 1e-4`` to the fused location (a positivity guard for the
    class scores); a regression target needs no such shift, so it is left out.
-6. EyeMoSt+'s confidence loss (``calculate_cml_u_loss``, weight 10) penalises a unimodal confidence
-   above the fused one on eyes that modality classifies correctly. A regression output has no
-   "correct class": ``confidence_consistency_loss`` counts every present eye by default, or only eyes
-   whose unimodal error is at most ``tolerance`` when one is given. Confidence is the official
-   evidence measure: ``v + alpha + 1/beta`` per modality, ``1/scale^2 + df`` fused. The official code
-   sums over the batch; so do we (``reduction="sum"``), ``"mean"`` is available.
+6. EyeMoSt+'s confidence loss. The official ``EyeMost_Plus`` forward (weight 10) calls
+   ``calculate_cml_loss``, which compares the *softmax maximum probabilities* of each modality's and of
+   the fused class scores: ``relu(conf_m - conf_F) `` summed over the eyes that modality classifies
+   correctly. A regression output has no class scores, so that loss cannot carry over. The same file
+   defines, but never calls, ``calculate_cml_u_loss``, the same ranking on the evidential confidences
+   (``v + alpha + 1/beta`` per modality, ``1/scale_2^2 + df`` fused); ``confidence_consistency_loss``
+   is an adaptation of that uncalled loss, not of the one the official model trains with. "Correctly
+   classified" has no regression meaning either: every present eye counts by default, or only eyes
+   whose unimodal error is at most ``tolerance``. Its fused confidence is ``1/scale^2 + df`` with our
+   scale (difference 2), i.e. ``1/scale_2 + df`` in the official squared-scale units, where the official
+   writes ``1/scale_2^2``; ``fused_confidence(official_units=True)`` gives the official expression.
+   The official code sums over the batch; so do we (``reduction="sum"``), ``"mean"`` is available.
+7. EyeMoSt's per-modality regulariser multiplies the *batch-mean* task error by each eye's evidence
+   (``evidential_terms(regulariser_error="batch")``, the default; see there).
 """
 
 from __future__ import annotations
@@ -145,21 +153,23 @@ def nig_nll(y: torch.Tensor, gamma: torch.Tensor, v: torch.Tensor, alpha: torch.
             + torch.lgamma(alpha) - torch.lgamma(alpha + 0.5))
 
 
+def nig_evidence(v: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, *, form: str = "eyemost") -> torch.Tensor:
+    """A modality's evidence: ``form="amini"`` ``2 v + alpha`` (Amini et al. 2020, Eq. 9);
+    ``form="eyemost"`` ``v + alpha + 1/beta``, the official ``NIG_Reg`` confidence (its ``+1e-15`` on
+    ``beta`` is left out: ``beta`` is floored at 0.2)."""
+    if form == "amini":
+        return 2.0 * v + alpha
+    if form == "eyemost":
+        return v + alpha + 1.0 / beta
+    raise ValueError(f"evidence form must be 'amini' or 'eyemost', got {form!r}")
+
+
 def evidence_regulariser(y: torch.Tensor, gamma: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor,
                          beta: torch.Tensor, *, form: str = "eyemost") -> torch.Tensor:
-    """Per-sample evidence regulariser ``|y - gamma| * evidence`` (Amini Eq. 9).
-
-    ``form="amini"``: evidence ``2 v + alpha`` (Amini et al. 2020).
-    ``form="eyemost"`` (default): evidence ``v + alpha + 1/beta``, the official ``NIG_Reg`` confidence,
-    which ``calculate_evidential_loss_constraints`` multiplies with the task error (there a
-    cross-entropy, here ``|y - gamma|``; difference 1). Weight it with ``REGULARISER_WEIGHT`` (0.01)."""
-    if form == "amini":
-        evidence = 2.0 * v + alpha
-    elif form == "eyemost":
-        evidence = v + alpha + 1.0 / beta
-    else:
-        raise ValueError(f"evidence_regulariser form must be 'amini' or 'eyemost', got {form!r}")
-    return torch.abs(y - gamma) * evidence
+    """Per-sample evidence regulariser ``|y - gamma_i| * evidence_i`` (Amini Eq. 9), the per-sample
+    error form (``evidential_terms(regulariser_error="sample")``; EyeMoSt's own is ``"batch"``, see there).
+    Evidence: ``nig_evidence(form)``. Weight it with ``REGULARISER_WEIGHT`` (0.01)."""
+    return torch.abs(y - gamma) * nig_evidence(v, alpha, beta, form=form)
 
 
 def student_t_nll(y: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
@@ -226,9 +236,11 @@ def modality_confidence(v: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor
     return v + alpha + 1.0 / beta
 
 
-def fused_confidence(scale: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
-    """The fused confidence in EyeMoSt+ (official ``calculate_cml_u_loss``): ``1/scale^2 + df``."""
-    return 1.0 / scale ** 2 + df
+def fused_confidence(scale: torch.Tensor, df: torch.Tensor, *, official_units: bool = False) -> torch.Tensor:
+    """The fused confidence in EyeMoSt+ (the uncalled official ``calculate_cml_u_loss``): ``1/scale^2 + df``
+    for the Student-t scale ``scale``; ``official_units=True`` gives the official ``1/scale_2^2 + df``
+    with ``scale_2 = scale^2`` (its squared scale, difference 2), i.e. ``1/scale^4 + df``."""
+    return (1.0 / scale ** 4 if official_units else 1.0 / scale ** 2) + df
 
 
 def confidence_consistency_loss(y: torch.Tensor, nigs: Sequence[NIG], fused: StudentT,
@@ -365,11 +377,17 @@ class EvidentialTerms:
 
 
 def evidential_terms(out: EvidentialOutput, y: torch.Tensor, *, regulariser_weight: float = REGULARISER_WEIGHT,
-                     regulariser_form: str = "eyemost", fused_error_weight: float = FUSED_ERROR_WEIGHT,
+                     regulariser_form: str = "eyemost", regulariser_error: str = "batch",
+                     fused_error_weight: float = FUSED_ERROR_WEIGHT,
                      confidence_weight: float = 0.0, confidence_tolerance: float | None = None) -> EvidentialTerms:
     """EyeMoSt's loss (official ``EyeMost.forward``), for one real target ``y [B]``, term by term:
 
-    - per modality: ``mean_{present eyes}(NIG_NLL_m + w_reg * |y - gamma_m| * evidence_m)``;
+    - per modality: ``mean_{present eyes}(NIG_NLL_m + w_reg * err_m * evidence_m)``. With
+      ``regulariser_error="batch"`` (default, the official ``calculate_evidential_loss_constraints``:
+      ``nig_nll + 0.01 * nig_ce * nig_conf``, whose cross-entropy ``nig_ce`` is one batch-mean scalar)
+      ``err_m`` is the batch mean of ``|y - gamma_m|`` over the present eyes, multiplying each eye's
+      evidence, so the term is ``w_reg * mean(err) * mean(evidence)``; ``"sample"`` takes each eye's
+      own ``|y_i - gamma_i|`` (Amini et al.'s Eq. 9 form, the workbench's before 2026-12-06);
     - fused: ``mean(ST_NLL_fused + w_err * |y - loc_F|)``;
     - ``confidence_weight`` times EyeMoSt+'s ``confidence_consistency_loss``
       (``EyeMost_Plus_transformer.forward``, weight 10); 0 (default) is EyeMoSt.
@@ -380,15 +398,20 @@ def evidential_terms(out: EvidentialOutput, y: torch.Tensor, *, regulariser_weig
                     ("confidence_weight", confidence_weight)):
         if not (w >= 0 and math.isfinite(w)):
             raise ValueError(f"{name} must be finite and >= 0, got {w}")
+    if regulariser_error not in ("batch", "sample"):
+        raise ValueError(f"regulariser_error must be 'batch' (official) or 'sample', got {regulariser_error!r}")
     y = y.reshape(-1).to(out.prediction.dtype)
     unimodal = {}
     for j, m in enumerate(out.nig):
-        p = out.nig[m]
+        p, present = out.nig[m], out.present[:, j]
         per_eye = nig_nll(y, p.gamma, p.v, p.alpha, p.beta)
-        if regulariser_weight:
+        if regulariser_weight and regulariser_error == "batch":
+            error = _masked_mean(torch.abs(y - p.gamma), present)
+            per_eye = per_eye + regulariser_weight * error * nig_evidence(p.v, p.alpha, p.beta, form=regulariser_form)
+        elif regulariser_weight:
             per_eye = per_eye + regulariser_weight * evidence_regulariser(y, p.gamma, p.v, p.alpha, p.beta,
                                                                           form=regulariser_form)
-        unimodal[m] = _masked_mean(per_eye, out.present[:, j])
+        unimodal[m] = _masked_mean(per_eye, present)
     f = out.fused
     fused = (student_t_nll(y, f.loc, f.scale, f.df) + fused_error_weight * torch.abs(y - f.loc)).mean()
     confidence = y.new_zeros(())

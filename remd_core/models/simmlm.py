@@ -77,9 +77,8 @@ Where this differs, and why:
    Both copies share one input (the official augments them independently, which mixes augmentation
    noise into the ranking term); eyes with a single present modality get no pair.
 7. The loss is regression: per-eye squared (default) or absolute error instead of Dice + BCE.
-   ``mofe_term`` returns the ranking term alone; whether the fused regression loss also covers the
-   fewer copy (as the official task loss does) is the trainer's choice (``mofe_term`` returns the
-   fewer copy's output for it).
+   ``mofe_term`` returns the ranking term alone and the fewer copy's output; the trainer's task loss
+   covers both copies in one batch mean, as the official one does (``training.objectives.SimMLMObjective``).
 8. No stage-1 expert pretraining here: a recipe may start from the workbench's stage-1 encoders.
 """
 

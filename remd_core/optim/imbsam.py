@@ -4,13 +4,16 @@ Re-M3Dr paper (Table 1).
 
 The batch is split into head and tail samples; the update is
 
-    g = grad L_head(w) + grad L_tail(w + e_tail),   e_tail = rho * g_tail / (||g_tail|| + eps),
-    g_tail = grad L_tail(w)
+    g = grad L_head(w) + c * grad L_tail(w + e_tail),   e_tail = rho * g_tail / (||g_tail|| + eps),
+    g_tail = c * grad L_tail(w)
 
-(one global norm over every trainable parameter, as in SAM). Head and tail are regions of MD
-(our regression stand-in for the paper's head and tail classes): head = samples in the "many" bins
-of ``data.labels.region_labels`` of the TRAINING labels, tail = "medium" and "few" (and labels outside
-the training bins). ``set_regions(regions, label_mean, label_std)`` gives the strategy those
+(one global norm over every trainable parameter, as in SAM), with the tail weight ``c = 2`` of the
+official training step (``tail_weight``; the paper's Eq. 8 has none). Head and tail are regions of MD
+(our regression stand-in for the paper's classes): the tail is the "few" bins of
+``data.labels.region_labels`` of the TRAINING labels (and labels outside the training bins), as the
+official tail is the classes with fewer than ``eta`` training samples; the head is everything else
+("many" and "medium"). ``tail=("medium", "few")`` and ``tail_weight=1`` give the workbench's reading
+before 2026-12-06. ``set_regions(regions, label_mean, label_std)`` gives the strategy those
 training regions (the closure's ``Losses.target`` is standardised, so the bin edges are mapped into
 its units); the mask of a batch is then computed on the device (``torch.bucketize``), with no host
 synchronisation. Without ``set_regions`` (your own loop, the strategy harness) the regions come
@@ -37,8 +40,9 @@ second pass); a batch with no head sample is SAM on the tail.
 
 Where we differ from the official code (cool-xuan/Imbalanced_SAM, ``utils/trainval.py``
 ``forbackward`` and ``imbsam.py``, classification): there the tail is a set of classes and the loss
-is per-sample (``reduction='none'``): ``head_loss = loss[~tail].sum() / B`` and ``tail_loss`` alike
-are back-propagated over one forward, then a second full-batch forward at ``w + e_tail`` gives the
+is per-sample (``reduction='none'``): ``head_loss = loss[~tail].sum() / B`` and
+``tail_loss = loss[tail].sum() / B * 2`` (our ``tail_weight``, at ``w`` and at ``w + e``) are
+back-propagated over one forward, then a second full-batch forward at ``w + e_tail`` gives the
 tail gradient. We split by MD region and take the group gradients by masked cotangents of the
 closure's unchanged (batch-mean) losses, which for a per-sample loss are the same gradients, with
 the same ``/ B`` normalisation. The official code lets both forwards update the BatchNorm running
@@ -82,12 +86,20 @@ class HeadTailConfig:
 
 @dataclass
 class ImbSAMConfig(HeadTailConfig):
+    """``tail``: the MD regions whose samples are the tail (official: the few-shot classes);
+    ``tail_weight``: the tail loss's factor at ``w`` and at ``w + e`` (official: 2)."""
+
     rho: float = 0.05
+    tail: tuple[str, ...] = ("few",)
+    tail_weight: float = 2.0
 
     def __post_init__(self):
         super().__post_init__()
-        if self.rho < 0:
-            raise ValueError(f"need rho >= 0, got {self.rho}")
+        self.tail = tuple(self.tail)
+        if self.rho < 0 or not self.tail_weight > 0:
+            raise ValueError(f"need rho >= 0 and tail_weight > 0, got {self.rho}, {self.tail_weight}")
+        if not self.tail or set(self.tail) - {"many", "medium", "few"}:
+            raise ValueError(f"tail must name some of the regions 'many', 'medium', 'few', got {self.tail}")
 
 
 SPLIT_OUTPUTS = {"fused", "unimodal"}
@@ -95,8 +107,9 @@ SPLIT_OUTPUTS = {"fused", "unimodal"}
 
 
 def head_mask(target: Tensor, edges: Tensor, is_many: Tensor) -> Tensor:
-    """``True`` where ``target`` falls in a "many" bin ``[edges[k], edges[k+1])`` (a label outside
-    every bin is tail, as ``Regions.assign`` calls it "few"). ``is_many``: ``[n_bins]`` booleans."""
+    """``True`` where ``target`` falls in a head bin ``[edges[k], edges[k+1])`` (a label outside
+    every bin is tail, as ``Regions.assign`` calls it "few"). ``is_many``: ``[n_bins]`` booleans, True
+    for the head's bins."""
     idx = torch.bucketize(target.detach(), edges, right=True) - 1
     inside = (idx >= 0) & (idx < is_many.numel())
     return inside & is_many[idx.clamp(0, is_many.numel() - 1)]
@@ -137,11 +150,17 @@ class HeadTailSAM(Strategy):
         self._bins_on: tuple[Tensor, Tensor] | None = None
         self._outputs: list[Tensor] = []
 
+    def tail_regions(self) -> tuple[str, ...]:
+        return getattr(self.config, "tail", ("medium", "few"))
+
+    def tail_weight(self) -> float:
+        return getattr(self.config, "tail_weight", 1.0)
+
     def set_regions(self, regions: Regions, label_mean: float = 0.0, label_std: float = 1.0):
-        """Head = the "many" bins of ``regions`` (from the TRAINING labels); ``label_mean`` and
-        ``label_std`` standardise the bin edges as the closure's targets are standardised."""
+        """Head = the bins of ``regions`` (from the TRAINING labels) outside ``tail_regions``; ``label_mean``
+        and ``label_std`` standardise the bin edges as the closure's targets are standardised."""
         edges = (np.asarray(regions.edges, dtype=np.float64) - label_mean) / label_std
-        self.bins = (torch.as_tensor(edges), torch.as_tensor([r == "many" for r in regions.regions]))
+        self.bins = (torch.as_tensor(edges), torch.as_tensor([r not in self.tail_regions() for r in regions.regions]))
         self._bins_on = None
         return self
 
@@ -155,8 +174,8 @@ class HeadTailSAM(Strategy):
         cfg = self.config
         if self.bins is None:  # the batch's own regions: a stand-in (one host read)
             regions = region_labels(target.detach().double().cpu().numpy(), cfg.bin_width, cfg.many, cfg.few)
-            return torch.as_tensor(regions.assign(target.detach().double().cpu().numpy()) == "many",
-                                   device=target.device)
+            names = regions.assign(target.detach().double().cpu().numpy())
+            return torch.as_tensor(~np.isin(names, self.tail_regions()), device=target.device)
         if self._bins_on is None or self._bins_on[0].device != target.device or self._bins_on[0].dtype != target.dtype:
             self._bins_on = (self.bins[0].to(target.device, target.dtype), self.bins[1].to(target.device))
         return head_mask(target, *self._bins_on)
@@ -196,7 +215,7 @@ class HeadTailSAM(Strategy):
         if losses.target is None:
             raise ValueError(f"{self.name}: the closure's Losses has no target, needed to split head and tail")
         head = self._head(losses.target)
-        tail = ~head
+        tail = (~head).to(losses.target.dtype) * self.tail_weight()  # the weighted tail loss's cotangent mask
         if losses.extra is not None and losses.extra.requires_grad:  # first: it may share the graph
             assign_grads(params, torch.autograd.grad(losses.extra, params, retain_graph=True, allow_unused=True))
         g_head, g_tail = split_gradients(self._outputs, self._objective(losses), params, [head, tail])

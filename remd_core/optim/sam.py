@@ -25,9 +25,10 @@ unperturbed weights, the ones the model is evaluated at, so that SAM's running s
 those of the joint strategy on the same weights.
 
 Where we differ from davda54/sam: ``eps`` (1e-12 there) is the same default but a config option;
-``rho`` is validated ``>= 0`` (``rho = 0`` is plain joint training, at twice the cost); the
-weights are restored by copying the saved ``w`` (the official code subtracts ``e_w``, which is off by
-rounding); parameters with no gradient count as zero in the norm and are not perturbed.
+``rho`` is validated ``>= 0`` (``rho = 0`` is plain joint training, at twice the cost);
+parameters with no gradient count as zero in the norm and are not perturbed. The weights are restored
+by copying the saved ``w``, as the official ``second_step`` does since its later commits
+(``p.data = self.state[p]["old_p"]``; its first release subtracted ``e_w``, which is off by rounding).
 Cost: 2 forward + 2 backward passes per step.
 """
 

@@ -159,19 +159,27 @@ class MultiExpertObjective(Objective):
 
 
 class SimMLMObjective(Objective):
-    """SimMLM: the regression loss, plus MoFe's fewer-modality copy and ranking term (``models.simmlm``)."""
+    """SimMLM: the task loss over both copies of each pair, plus MoFe's ranking term (``models.simmlm``).
+
+    The official training step puts the more- and the fewer-modality copy of every sample in one batch
+    of 2B and takes the task loss's batch mean over all of them, then adds ``0.1 * ranking``. Here an eye
+    with a single present modality has no fewer copy (``models.simmlm``, difference 6), so the task loss
+    is ``loss_fn`` over the B more-modality copies and the fewer copies of the paired eyes together (the
+    mean over all 2B copies when every eye has a pair): ``Losses.fused``, so ``loss_fused`` covers both
+    copies. Before 2026-12-06 it was ``mean(more) + mean(fewer)``, which halved the ranking term's weight
+    against the task loss (0.05 in effect)."""
 
     draws = True
 
     def losses(self, model, inputs, target, out, second, margin) -> Losses:
         dtype = self.dtype
         ranking, info = mofe_term(model, inputs, target, out, self.draws_generator(inputs))
-        extra = ranking
-        if info["out_fewer"] is not None:  # the official task loss covers both copies of a pair
+        pred, truth = out["fused"].to(dtype), target
+        if info["out_fewer"] is not None:
             paired = info["has_pair"].to(target.device)
-            extra = extra + self.loss_fn(info["out_fewer"]["fused"][paired].to(dtype), target[paired])
-        return Losses(fused=self.loss_fn(out["fused"].to(dtype), target), extra=extra,
-                      features=out["features"], target=target)
+            pred = torch.cat([pred, info["out_fewer"]["fused"][paired].to(dtype)])
+            truth = torch.cat([target, target[paired]])
+        return Losses(fused=self.loss_fn(pred, truth), extra=ranking, features=out["features"], target=target)
 
 
 class RIMAObjective(Objective):
