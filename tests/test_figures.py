@@ -31,7 +31,7 @@ def assert_title_fits(fig):
     assert lines, "the figure has a title"
     for text, size in lines:
         assert len(text) <= title_chars(width, size), f"{text!r} is longer than a {width} px canvas holds"
-    top = figures.TOP_PAD + sum(LINE_HEIGHT * size for _, size in lines)
+    top = figures.text.TOP_PAD + sum(LINE_HEIGHT * size for _, size in lines)
     assert fig.layout.margin.t >= top, "the top margin holds every title line"
 
 
@@ -150,8 +150,8 @@ def test_a_facet_grid_draws_no_facet_without_data():
     for s in drawn:  # a row shows y tick labels somewhere, a column x tick labels somewhere
         row = [c for c in drawn if c.y_domain == s.y_domain]
         col = [c for c in drawn if c.x_domain == s.x_domain]
-        assert any(fig.layout[figures._layout_key(c.y)].showticklabels is not False for c in row)
-        assert any(fig.layout[figures._layout_key(c.x)].showticklabels is not False for c in col)
+        assert any(fig.layout[figures.grid._layout_key(c.y)].showticklabels is not False for c in row)
+        assert any(fig.layout[figures.grid._layout_key(c.x)].showticklabels is not False for c in col)
 
 
 def test_a_facet_column_without_data_is_removed_and_the_others_take_its_room():
@@ -164,7 +164,7 @@ def test_a_facet_column_without_data_is_removed_and_the_others_take_its_room():
     drawn = visible_subplots(fig)
     assert len(drawn) == 2 and all(s.has_data for s in drawn)
     assert (min(s.x_domain[0] for s in drawn), max(s.x_domain[1] for s in drawn)) == pytest.approx(span)
-    labels = [a.text for a in fig.layout.annotations if not figures._is_shared(a)]
+    labels = [a.text for a in fig.layout.annotations if not figures.grid._is_shared(a)]
     assert labels == ["head=fundus", "head=oct"]
 
 
@@ -189,7 +189,7 @@ def test_facets_that_share_an_x_axis_show_its_title_once():
     assert len(x_titles) == 1 and x_titles[0].shared
     assert x_titles[0].text == "difference in test R² (95 % paired interval)"
     assert len(x_titles[0].axes) == 4, "it stands for every facet of the row"
-    (note,) = [a for a in fig.layout.annotations if figures._is_shared(a)]
+    (note,) = [a for a in fig.layout.annotations if figures.grid._is_shared(a)]
     xs = [s.x_domain for s in visible_subplots(fig)]
     assert note.x == pytest.approx((min(d[0] for d in xs) + max(d[1] for d in xs)) / 2), "centred under the row"
     assert fig.layout.margin.b >= -note.yshift + LINE_HEIGHT * AXIS_TITLE_SIZE, "inside the canvas"
@@ -235,8 +235,8 @@ def test_facets_with_axes_of_their_own_show_their_ticks_clear_of_the_next_row():
     finish(fig)
     cells = visible_subplots(fig)
     for c in cells:
-        assert fig.layout[figures._layout_key(c.x)].showticklabels is not False
-        assert fig.layout[figures._layout_key(c.y)].showticklabels is not False
+        assert fig.layout[figures.grid._layout_key(c.x)].showticklabels is not False
+        assert fig.layout[figures.grid._layout_key(c.y)].showticklabels is not False
     lower, upper = sorted({c.y_domain for c in cells})
     plot_h = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
     assert (upper[0] - lower[1]) * plot_h >= LINE_HEIGHT * figures.FONT_SIZE
@@ -276,7 +276,7 @@ def test_oscillation_figure_sets_probe_and_batch_losses_side_by_side():
     cols = sorted({s.x_domain for s in cells})
     assert len(rows) == 4, "fundus alone, mmpareto: fundus head, oct alone, mmpareto: oct head"
     assert len(cols) == 2
-    labels = {a.text for a in fig.layout.annotations if not figures._is_shared(a)}
+    labels = {a.text for a in fig.layout.annotations if not figures.grid._is_shared(a)}
     assert {figures.LOSS_CURVES["batch"], figures.LOSS_CURVES["probe"]} <= labels
     assert {"fundus alone", "oct alone", "mmpareto: fundus head", "mmpareto: oct head"} <= labels
     batch_axes = {s.x for s in cells if s.x_domain == cols[0]}
