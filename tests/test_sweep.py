@@ -208,3 +208,35 @@ def test_sweep_runs_cells_in_parallel_resumes_and_reports_failures(tmp_path, mon
         seconds = json.loads((cell / "results" / "train_recipe.json").read_text())["seconds"]
         assert set(seconds) <= {"data", "stage1", "stage2", "probes", "evaluation", "checkpoints", "writing"}
         assert seconds.get("stage1", 0) + seconds.get("stage2", 0) > 0  # the data may be the worker's from a cell before
+
+
+def test_a_notebook_shows_the_full_sweep_when_present_else_runs_the_grid(tmp_path, monkeypatch):
+    """``full_sweep_or_run`` (notebooks 04 and 06), with a one-cell grid at the smoke scale, in this process."""
+    from remd_core.experiments.executors import InlineExecutor
+    from remd_core.workbench.profiles import Scale
+    from remd_core.workbench.sweep import full_sweep_or_run
+
+    monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path / "outputs"))
+    grid = load_grid(grid_file(tmp_path, "datasets: [synthetic-stage2]\nrecipes: [unimodal-fundus]\nseeds: [0]\n",
+                               "one.yaml"))
+    scale = Scale.from_profile("smoke")
+    run = tmp_path / "run" / "sweep-one"
+    # absent: the grid runs at the scale into the folder
+    table, folder, source = full_sweep_or_run(grid, scale, run, full_sweep="sweep-one", executor=InlineExecutor(),
+                                              progress=False)
+    assert folder == run and source == f"this run's sweep ({scale.label()})"
+    assert table["cell"].tolist() == ["synthetic-stage2__unimodal-fundus__seed0"] and (table["epochs"] == 1).all()
+    recorded = json.loads((run / "provenance.json").read_text())
+    assert recorded["overrides"] == scale.overrides() and recorded["seeds"] == [0]
+
+    # present: outputs/<full_sweep>/results.csv is read, nothing runs
+    (tmp_path / "outputs" / "sweep-one").mkdir(parents=True)
+    table.to_csv(tmp_path / "outputs" / "sweep-one" / "results.csv", index=False)
+    elsewhere = tmp_path / "run" / "elsewhere"
+    full, folder, source = full_sweep_or_run(grid, scale, elsewhere, full_sweep="sweep-one")
+    assert folder == tmp_path / "outputs" / "sweep-one" and not elsewhere.exists()
+    assert source == "full sweep outputs/sweep-one: profile smoke, 1 epochs, seeds 0"
+    pd.testing.assert_frame_equal(full, pd.read_csv(run / "results.csv"))
+    # not asked for (USE_FULL_SWEEPS False): the grid runs, here resumed from the earlier run's folder
+    again, folder, _ = full_sweep_or_run(grid, scale, run, full_sweep=None, executor=InlineExecutor(), progress=False)
+    assert folder == run and again.attrs["skipped"] == table["cell"].tolist()

@@ -20,13 +20,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.format import MultimodalDataset
-from ..files import atomic_path, remove_stale_temporaries
+from ..files import atomic_path
 from ..trainer import TrainConfig
-from .engine import Outcome, pending_cells, run_cells
-from .executors import InlineExecutor
-from .grid import Grid, SubGrid, expand
+from .engine import run_grid
+from .grid import Grid, SubGrid
 from .recipes import recipes_for, run_recipe
-from .results import ResultStore, collect, summarize
+from .results import ResultStore, summarize
 
 RESULT_NAME = "compare"
 
@@ -59,29 +58,26 @@ def compare(dataset: MultimodalDataset, recipes: list[str] | None, seeds: list[i
     """Run every (recipe, seed) cell not finished in ``folder``; see the module docstring.
     ``checkpoint_every`` N > 0 also checkpoints every N steps (else at epoch ends only). Returns the
     table of its cells (``results.collect``, with each row's test predictions); a failed cell
-    raises after the others ran."""
+    raises after the others ran. The steps are the engine's (``engine.run_grid``); a cell's settings
+    are its data set's and training's, its task ``run_cell``."""
     folder = Path(folder)
-    remove_stale_temporaries(folder)
-    grid = comparison_grid(dataset, recipes_for(dataset, recipes), seeds)
-    cells = expand(grid)
     store = ResultStore(folder, RESULT_NAME)
     training = {k: v for k, v in asdict(base).items() if k != "seed"}
-    settings = {c.key: {**c.params, "data": asdict(dataset.config), "train": training} for c in cells}
-    store.check_fresh(settings)
-    for cell in cells:
-        store.write_meta(cell, [], settings[cell.key])
-    pending, done = pending_cells(store, cells)
-    for cell in done:
-        log(f"{cell.params['RECIPE']} seed {cell.params['SEED']}: done earlier, skipped")
-    tasks = {c.key: (run_cell, (dataset, c.params["RECIPE"], replace(base, seed=c.params["SEED"]), store, c.key,
-                                folder, progress, checkpoint_every, log)) for c in pending}
-    outcome = run_cells(store, pending, tasks, InlineExecutor(), f"compare {dataset.name}", progress=False,
-                        log=lambda _line: None, outcome=Outcome(skipped=[c.key for c in done]))
-    if outcome.failed:
-        key, error = next(iter(outcome.failed.items()))
-        raise RuntimeError(f"{len(outcome.failed)} cell(s) failed in {folder}; {key}: {error} (see "
-                           f"{store.cell_dir(key) / 'error.txt'}); rerun to retry them")
-    results = collect(folder, keys=[c.key for c in cells], predictions=True)
+
+    def settings(cell):
+        return {**cell.params, "data": asdict(dataset.config), "train": training}
+
+    def task(cell):
+        return run_cell, (dataset, cell.params["RECIPE"], replace(base, seed=cell.params["SEED"]), store, cell.key,
+                          folder, progress, checkpoint_every, log)
+
+    def announce(_executor, _pending, done):
+        for cell in done:
+            log(f"{cell.params['RECIPE']} seed {cell.params['SEED']}: done earlier, skipped")
+
+    grid = comparison_grid(dataset, recipes_for(dataset, recipes), seeds)
+    results, _ = run_grid(grid, store, settings, task, title=f"compare {dataset.name}", announce=announce,
+                          whole_folder=False, predictions=True, progress=False)
     with atomic_path(folder / "summary.csv") as tmp:
         summarize(results).to_csv(tmp)
     return results

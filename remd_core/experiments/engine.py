@@ -1,11 +1,12 @@
-"""The grid engine: cells -> executor -> one results store. Both front ends use it: ``remd compare``
-(``compare``: recipes x seeds in this process) and ``remd sweep`` (``workbench.sweep``: a grid file of
-notebook cells on Dask). A front end expands its grid into cells (``grid``), gives each cell a task
-(a function and its arguments, run where the executor puts it, that writes the cell's result into
-the store) and its settings; the engine skips finished cells, refuses finished cells of other
-settings, runs the rest, reports each as it ends, and writes ``error.txt`` for a failure while the
-others go on. A cell's checkpoints (``cells/<key>/checkpoints/``) are removed once its result is
-recorded; a cell retried after its worker died resumes from them.
+"""The grid engine: cells -> executor -> one results store. Both front ends call ``run_grid``:
+``remd compare`` (``compare``: recipes x seeds in this process) and ``remd sweep``
+(``workbench.sweep``: a grid file of notebook cells on Dask). A front end gives it the grid, the
+store, each cell's settings and each cell's task (a function and its arguments, run where the
+executor puts it, that writes the cell's result into the store); the engine expands the grid into
+cells (``grid``), skips finished cells, refuses finished cells of other settings, runs the rest,
+reports each as it ends, writes ``error.txt`` for a failure while the others go on, and collects
+the store into one table (``results.collect``). A cell's checkpoints (``cells/<key>/checkpoints/``)
+are removed once its result is recorded; a cell retried after its worker died resumes from them.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ from __future__ import annotations
 import re
 import shutil
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from ..files import write_text
+import pandas as pd
+
+from ..files import remove_stale_temporaries, write_text
 from ..progress import report
-from .executors import WORKER_RETRIES, dead_worker
-from .grid import Cell
-from .results import ResultStore
+from .executors import WORKER_RETRIES, InlineExecutor, dead_worker
+from .grid import Cell, Grid, expand
+from .results import ResultStore, collect
 
 
 @dataclass
@@ -108,3 +113,88 @@ def run_cells(store: ResultStore, cells: list[Cell], tasks: dict, executor, titl
             say(line)
             report(f"{title} [{bar.n}/{len(cells)}] {line}")
     return outcome
+
+
+def run_grid(grid: Grid, store: ResultStore, settings: Callable[[Cell], dict], task: Callable[[Cell], tuple], *,
+             title: str, seeds: list[int] | None = None, groups: list[str] | None = None, executor=None,
+             open_executor: Callable[[int], object] | None = None, order: Callable[[list], list] | None = None,
+             prepare: Callable[[], None] | None = None, announce: Callable[[object, list, list], None] | None = None,
+             whole_folder: bool = True, predictions: bool = False,
+             failure: Callable[[Outcome, pd.DataFrame], Exception] | None = None,
+             progress: bool = True) -> tuple[pd.DataFrame, Outcome]:
+    """Run the cells of ``grid`` that are not finished in ``store``; return the store's table
+    (``results.collect``) and what this call did (``Outcome``). A front end gives each cell its
+    ``settings`` and its ``task``; the rest is here, in this order:
+
+    1. expand the selected sub-grids (``groups``, with ``seeds`` replacing theirs) into cells;
+    2. ``settings(cell)`` for each cell: the values that decide whether a finished result can be
+       reused (a front end may check them and raise: nothing is written before this step ends); a
+       finished cell recorded with other settings is an error (``ResultStore.check_fresh``);
+    3. create the folder, remove the temporary files a killed process left, call ``prepare()``;
+    4. write each cell's ``cell.json`` (key, groups, the grid's swept parameters, its settings);
+    5. split the cells into pending and finished earlier (``pending_cells``);
+    6. if any are pending: take ``executor`` (already open; its caller closes it), or open one with
+       ``open_executor(number of pending cells)`` (closed here once the cells ran, at once on
+       Ctrl-C), or run them in this process (``executors.InlineExecutor``) when neither is given;
+    7. ``announce(executor, pending, done)`` says what is about to happen (``executor`` is ``None``
+       when nothing is pending);
+    8. run the pending cells (``run_cells``), in the order ``order(pending)`` (default: the grid's),
+       each as ``task(cell)``: ``(function, args)``, a call that records the cell's result in the store;
+    9. if cells failed and no ``failure`` is given, raise a ``RuntimeError`` naming the first one;
+    10. collect the table: of the whole folder (``whole_folder``: cells of earlier runs into it
+        included, and a note names those without a result) or of this call's cells only; with each
+        row's test predictions if ``predictions``;
+    11. if cells failed, raise ``failure(outcome, table)`` (``workbench.sweep.SweepError`` carries
+        the finished cells' table).
+
+    ``title`` heads the progress bar and the progress lines; ``progress=False`` shows neither the
+    bar nor a line per cell."""
+    from tqdm.auto import tqdm
+
+    cells = expand(grid, seeds, groups)
+    per_cell = {cell.key: settings(cell) for cell in cells}
+    store.check_fresh(per_cell)
+    store.folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(store.folder)
+    if prepare:
+        prepare()
+    for cell in cells:
+        store.write_meta(cell, grid.swept, per_cell[cell.key])
+    pending, done = pending_cells(store, cells)
+    outcome = Outcome(skipped=[c.key for c in done])
+    if not pending:
+        if announce:
+            announce(None, pending, done)
+    else:
+        owned = executor is None and open_executor is not None
+        if owned:
+            executor = open_executor(len(pending))
+        elif executor is None:
+            executor = InlineExecutor()
+        try:  # an executor this call opened stays open only while cells run
+            if announce:
+                announce(executor, pending, done)
+            tasks = {cell.key: task(cell) for cell in pending}
+            run_cells(store, order(pending) if order else pending, tasks, executor, title, progress, outcome=outcome)
+        except KeyboardInterrupt:
+            if owned:
+                executor.close(interrupted=True)
+            raise
+        if owned:
+            executor.close()
+    if outcome.failed and failure is None:
+        key, error = next(iter(outcome.failed.items()))
+        raise RuntimeError(f"{len(outcome.failed)} cell(s) failed in {store.folder}; {key}: {error} (see "
+                           f"{store.cell_dir(key) / 'error.txt'}); rerun to retry them")
+    keys = [cell.key for cell in cells]
+    with warnings.catch_warnings(record=True) as caught:  # said here, in this run's terms
+        warnings.simplefilter("always")
+        table = collect(store.folder, keys=None if whole_folder else keys, predictions=predictions)
+    if caught and whole_folder:
+        others = sorted({p.parent.name for p in (store.folder / "cells").glob("*/cell.json")} - set(keys)
+                        - set(table.get("cell", [])))
+        if others and progress:
+            tqdm.write(f"note: {len(others)} cell(s) of this folder outside this run have no results: {others}")
+    if outcome.failed:
+        raise failure(outcome, table)
+    return table, outcome

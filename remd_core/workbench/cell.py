@@ -21,7 +21,8 @@ from typing import Mapping
 from ..data.format import MultimodalDataset
 from ..timing import measured, phase
 from .record import record_results
-from .runner import DATA_KNOBS, NOTEBOOK_DIR, notebook_parameters
+from .profiles import DATA_KNOBS
+from .runner import NOTEBOOK_DIR, notebook_parameters
 
 NOTEBOOK = NOTEBOOK_DIR / "cells" / "train_recipe.ipynb"
 RESULT = "train_recipe"

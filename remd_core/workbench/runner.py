@@ -24,94 +24,11 @@ from ..files import read_json, write_json
 from .. import progress as progress_lines
 from ..paths import REPO_ROOT, display_path, outputs_dir
 from ..experiments.provenance import write as write_provenance
+# the profiles and the library settings' defaults live in ``profiles``; their names stay importable from here
+from .profiles import (DATA_KNOBS, LIBRARY_SETTINGS, PROFILES, fill_defaults, library_default,  # noqa: F401
+                       profile_values)
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-
-# The scale of a run. ``smoke``: seconds per notebook, for nbval in CI. ``cpu``: this 2-core
-# machine, the whole pipeline within 15 minutes (fewer epochs and one seed; full-scale tables come
-# from `remd sweep`). ``gpu``: the paper's scale (ResNet34, 224 px, 32 B-scans, 3 seeds).
-# ``PRECISION`` (``TrainConfig.precision``): the smoke profile trains in float64, so that the outputs
-# nbval checks to three decimals come out the same on every processor and thread count (float32
-# differs in the third decimal between an Intel and an AMD CPU); the others train as the trainer
-# decides ("auto": float32 on CPU, bf16 autocast on CUDA). ``TRAINING`` names the training preset
-# (``trainer.TRAINING_PRESETS``): the gpu profile trains with every setting the paper states
-# (batch 8, Adam, SMAPE + R^2), the others with the workbench's (batch 16, AdamW, cosine, MSE).
-# ``testbed``: the scale at which this machine runs notebook 06's testbed (``sweeps/fusion_fails.yaml``, 288
-# cells, 3 seeds): the smallest at which both modalities learn on the default data (each unimodal model's mean
-# test R^2 >= 0.3 over 3 seeds), chosen by the measured scan ``sweeps/testbed_scale.yaml`` (docs/testbed.md).
-# ``cpu`` is what ``make run`` runs within 15 minutes here (docs/performance.md): 4 B-scans (the scan measured
-# the same R^2 as 8 at 60 % of the cost), Table 2 alone in notebook 04 (Table 1's 20 recipes: ``remd sweep``),
-# the baseline and the two missing-modality systems in notebook 05 (``METHODS``), the testbed's control in 06.
-# ``reduced``: the testbed's earlier scale, where the fundus model learns nothing (test R^2 0.04); kept for
-# ``benchmarks/bench_cell.py``'s comparisons. ``TESTBED_GROUPS`` are the testbed's sub-grids notebook 06 runs
-# itself when no full sweep is there (None: all): at the cpu and smoke profiles, the positive control and its
-# reference, which is what ``make run`` can afford.
-PROFILES = {
-    "smoke": {"N_EYES": 80, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 1, "SEEDS": [0], "WIDTH": 0.125,
-              "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": False,
-              "WORKERS": 2, "PRECISION": "float64", "TRAINING": "workbench", "TESTBED_GROUPS": ["control"]},
-    "cpu": {"N_EYES": 700, "IMAGE_SIZE": 64, "N_BSCANS": 4, "EPOCHS": 8, "SEEDS": [0], "WIDTH": 0.25,
-            "ARCH": "resnet18", "SWEEP_GROUPS": ["table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
-            "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": ["control"],
-            "METHODS": ["naive-fusion", "simmlm", "rima"]},
-    "reduced": {"N_EYES": 400, "IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 12, "SEEDS": [0, 1, 2], "WIDTH": 0.125,
-                "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
-                "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": None},
-    "testbed": {"N_EYES": 500, "IMAGE_SIZE": 64, "N_BSCANS": 4, "EPOCHS": 12, "SEEDS": [0, 1, 2], "WIDTH": 0.25,
-                "ARCH": "resnet18", "SWEEP_GROUPS": ["table1", "table2"], "USE_FULL_SWEEPS": True, "WORKERS": 2,
-                "PRECISION": "auto", "TRAINING": "workbench", "TESTBED_GROUPS": None},
-    "gpu": {"N_EYES": 700, "IMAGE_SIZE": 224, "N_BSCANS": 32, "EPOCHS": 100, "SEEDS": [0, 1, 2], "WIDTH": 1.0,
-            "ARCH": "resnet34", "SWEEP_GROUPS": ["table1", "table2", "sensitivity"], "USE_FULL_SWEEPS": True,
-            "WORKERS": 1, "PRECISION": "auto", "TRAINING": "paper", "TESTBED_GROUPS": None},
-}
-
-
-# Notebook parameters that are library settings. Their home is the config dataclass; a parameter cell
-# holds ``None`` for them, and ``setup`` (in a kernel) or ``notebook_defaults`` (for a grid) read the
-# dataclass field, so a default is changed in one place. Values a profile sets (``EPOCHS``, ``ARCH``,
-# ...) come from the profile first.
-LIBRARY_SETTINGS = {
-    "BATCH_SIZE": ("train", "batch_size"), "LR": ("train", "lr"), "MARGIN_M0": ("train", "margin_m0"),
-    "MARGIN_BETA": ("train", "margin_beta"), "MARGIN_WARMUP": ("train", "margin_warmup"),
-    "REFERENCE_RUN_STEPS": ("train", "reference_run_steps"), "PROBE_EVERY": ("train", "probe_every"),
-    "GAMMA_BASE": ("sgm", "gamma_base"), "GAMMA_MIN": ("sgm", "gamma_min"), "GAMMA_MAX": ("sgm", "gamma_max"),
-    "WINDOW": ("sgm", "window"), "SHARPNESS": ("sgm", "sharpness"),
-    # the synthetic generator's mechanism knobs (issue 14's testbed; remd_core.data.synthetic.Config)
-    "TAIL": ("data", "tail"), "OCT_DISCORDANCE_DB": ("data", "oct_discordance_db"),
-    "FUNDUS_DISCORDANCE_DB": ("data", "fundus_discordance_db"), "REDUNDANCY": ("data", "redundancy"),
-    "OCT_FLOOR_UM": ("data", "oct_floor_um"), "LABEL_NOISE": ("data", "label_noise"), "SHORTCUT": ("data", "shortcut"),
-    "NULL_MODALITY": ("data", "null_modality"),
-}
-DATA_KNOBS = {name: field for name, (config, field) in LIBRARY_SETTINGS.items() if config == "data"}
-
-
-def library_default(name: str, training: str = "workbench"):
-    """The default of notebook parameter ``name`` (``LIBRARY_SETTINGS``): its config dataclass's,
-    with training preset ``training`` applied to ``TrainConfig``."""
-    from ..data.synthetic import Config as SyntheticConfig
-    from ..optim.sgm import SGMConfig
-    from ..trainer import preset_config
-
-    config, field = LIBRARY_SETTINGS[name]
-    defaults = {"train": lambda: preset_config(training), "sgm": SGMConfig, "data": SyntheticConfig}[config]()
-    return getattr(defaults, field)
-
-
-def fill_defaults(params: dict, profile: str) -> dict:
-    """``params`` with each ``None`` replaced by the profile's value, else the library default;
-    a ``None`` that neither sets is an error naming the parameter."""
-    values = PROFILES[profile]
-    out = dict(params)
-    for name, value in params.items():
-        if value is None:
-            if name in values:
-                out[name] = values[name]
-            elif name in LIBRARY_SETTINGS:
-                out[name] = library_default(name, params.get("TRAINING") or values["TRAINING"])
-            else:
-                raise ConfigError(f"parameter {name} is None and neither profile {profile!r} nor the library sets "
-                                  f"it; the profile sets {sorted(values)}, the library {sorted(LIBRARY_SETTINGS)}")
-    return out
 
 
 def ordered_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -141,13 +58,12 @@ def notebook_defaults(path: Path) -> dict:
 
 
 def resolve_parameters(path: Path, profile: str, overrides: dict, run_dir: Path) -> dict:
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+    values = profile_values(profile)
     declared = notebook_parameters(path)
     unknown = sorted(set(overrides) - set(declared))
     if unknown:
         raise ConfigError(f"{path.name}: unknown parameter(s) {unknown}; it declares {sorted(declared)}")
-    params = {k: v for k, v in PROFILES[profile].items() if k in declared}
+    params = {k: v for k, v in values.items() if k in declared}
     params.update(overrides)
     for key, value in (("PROFILE", profile), ("RUN_DIR", str(run_dir))):
         if key in declared:

@@ -2,8 +2,8 @@
 
 The notebook template's ``parameters`` cell holds flat UPPER_CASE literals. Parameters whose value
 depends on the scale of the run (data size, image size, epochs, seeds, backbone) are ``None`` there
-and come from a profile (``runner.PROFILES``); library settings (batch size, margin, gamma, ...) are
-``None`` there too and come from their config dataclass (``runner.LIBRARY_SETTINGS``): ``PROFILE`` names it; an empty ``PROFILE``
+and come from a profile (``profiles.PROFILES``); library settings (batch size, margin, gamma, ...) are
+``None`` there too and come from their config dataclass (``profiles.LIBRARY_SETTINGS``): ``PROFILE`` names it; an empty ``PROFILE``
 reads ``$REMD_PROFILE`` (``make test`` sets ``smoke`` for nbval) and falls back to ``cpu``. So the
 same committed notebook runs at CI scale under nbval, at this machine's scale in JupyterLab, and at
 any scale under ``remd run --profile``, which passes the profile's values explicitly.
@@ -20,7 +20,7 @@ import pandas as pd
 from .. import data
 from ..config import ConfigError
 from ..models import EncoderConfig
-from .runner import PROFILES, fill_defaults
+from .profiles import fill_defaults, profile_values
 from ..paths import display_path
 from .record import run_folder
 from ..trainer import TrainConfig, preset_config
@@ -30,8 +30,7 @@ DEFAULT_PROFILE = "cpu"
 
 def resolve_profile(name: str = "") -> str:
     profile = name or os.environ.get("REMD_PROFILE", "") or DEFAULT_PROFILE
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+    profile_values(profile)  # an unknown name is an error
     return profile
 
 

@@ -25,7 +25,8 @@ The file is strict: an unknown key, an undeclared parameter name, a value of the
 unknown recipe or data set is an error naming the file, before anything runs. A parameter set to the
 notebook's own default is the same cell as leaving it out, so its key and its run are shared.
 
-Running (``run_sweep``, ``remd sweep``) goes through the grid engine (``experiments.engine``): each
+Running (``run_sweep``, ``remd sweep``) goes through the grid engine (``experiments.engine.run_grid``,
+which ``remd compare`` shares): each
 cell executes into ``<folder>/cells/<key>/`` with ``PROFILE``, ``RUN_DIR`` (that folder) and
 ``WORK_DIR`` (the sweep folder, where stage-1 encoders are shared through a locked cache:
 ``recipes.stage1``), as a Dask task (``experiments.executors``: an embedded local cluster, an existing
@@ -39,26 +40,25 @@ the finished cells (``experiments.results``: ``collect``, ``summarize``, ``group
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from ..config import ConfigError, from_dict
-from ..experiments.engine import Outcome, pending_cells, run_cells
+from ..experiments.engine import run_grid
 from ..experiments.executors import open_dask
 from ..experiments.grid import AXES, SUBGRID_KEYS, Grid, check_keys, expand, schedule, select_groups, subgrid
 from ..experiments.provenance import write as write_provenance
-from ..experiments.results import ResultStore, collect, group_summaries, sensitivity, summarize
-from ..files import remove_stale_temporaries, write_text
-from ..paths import REPO_ROOT, display_path
+from ..experiments.results import ResultStore, collect, distinct, group_summaries, sensitivity, summarize
+from ..files import write_text
+from ..paths import REPO_ROOT, display_path, outputs_dir
 from .cell import cell_function
-from .runner import (LIBRARY_SETTINGS, NOTEBOOK_DIR, execute_notebook, notebook_defaults,
-                     resolve_parameters)
+from .profiles import LIBRARY_SETTINGS, Scale
+from .runner import NOTEBOOK_DIR, execute_notebook, notebook_defaults, resolve_parameters
 
-__all__ = ["SweepError", "collect", "expand", "grid_path", "group_summaries", "load_grid", "run_sweep",
-           "select_groups", "sensitivity", "summarize"]
+__all__ = ["SweepError", "collect", "expand", "full_sweep_or_run", "grid_path", "group_summaries", "load_grid",
+           "run_sweep", "select_groups", "sensitivity", "summarize"]
 
 SWEEP_DIR = REPO_ROOT / "sweeps"
 DEFAULT_NOTEBOOK = "cells/train_recipe.ipynb"
@@ -171,10 +171,8 @@ def _settings(params: dict) -> dict:
     return {k: v for k, v in params.items() if k not in ("RUN_DIR", "WORK_DIR")}
 
 
-def _plan(grid: Grid, cells: list, folder: Path, profile: str, overrides: dict) -> dict[str, dict]:
-    """Papermill parameters per cell; rejects overrides of unknown or swept parameters, settings a
-    config rejects, and finished cells whose recorded settings differ from this run's (their results
-    would be mixed silently)."""
+def _check_overrides(grid: Grid, overrides: dict) -> None:
+    """Overrides must name parameters the cell notebook declares, and none the grid or the sweep sets."""
     unknown = sorted(set(overrides) - set(grid.defaults))
     if unknown:
         raise ConfigError(f"unknown parameter(s) {unknown} in the overrides; {grid.notebook.name} declares "
@@ -182,15 +180,15 @@ def _plan(grid: Grid, cells: list, folder: Path, profile: str, overrides: dict) 
     clash = sorted(set(overrides) & {*AXES.values(), *SET_BY_SWEEP, *grid.swept})
     if clash:
         raise ConfigError(f"overrides {clash} are set by the grid {grid.source} or by the sweep itself; edit the grid")
-    plans = {}
-    for cell in cells:
-        params = resolve_parameters(grid.notebook, profile, {**overrides, **cell.params}, folder / "cells" / cell.key)
-        check_settings(params, f"{grid.source}: cell {cell.key}")
-        if "WORK_DIR" in grid.defaults:
-            params["WORK_DIR"] = str(folder)
-        plans[cell.key] = params
-    ResultStore(folder, grid.notebook.stem).check_fresh({key: _settings(p) for key, p in plans.items()})
-    return plans
+
+
+def _plan(grid: Grid, cell, folder: Path, profile: str, overrides: dict) -> dict:
+    """The cell's papermill parameters; a setting its config rejects is an error naming the cell."""
+    params = resolve_parameters(grid.notebook, profile, {**overrides, **cell.params}, folder / "cells" / cell.key)
+    check_settings(params, f"{grid.source}: cell {cell.key}")
+    if "WORK_DIR" in grid.defaults:
+        params["WORK_DIR"] = str(folder)
+    return params
 
 
 def _write_resolved_grid(grid: Grid, folder: Path, selected: list[str], seeds, profile: str, overrides: dict) -> None:
@@ -221,7 +219,9 @@ def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu",
     notebook for every cell instead (an executed notebook per cell, at 4-5 s more a cell). The returned table's ``attrs`` hold the
     keys of the cells ``executed`` and ``skipped`` (finished earlier) by this call. Raises
     ``SweepError`` if cells failed (each leaves ``cells/<key>/error.txt``), after the others finished
-    and were collected."""
+    and were collected. The steps (checks, metadata, resuming, collecting) are the engine's
+    (``engine.run_grid``); what is the sweep's own: each cell's papermill parameters, ``grid.yaml``
+    and ``provenance.json``, the Dask executor, and the order that trains shared stage-1 encoders first."""
     from tqdm.auto import tqdm
 
     if workers is not None and workers < 1:
@@ -229,56 +229,71 @@ def run_sweep(grid: Grid | str | Path, folder: str | Path, profile: str = "cpu",
     grid = grid if isinstance(grid, Grid) else load_grid(grid)
     folder = Path(folder).resolve()  # the kernels run in notebooks/cells: paths must not be relative
     overrides = dict(overrides or {})
-    cells = expand(grid, seeds, groups)
-    plans = _plan(grid, cells, folder, profile, overrides)  # every check before anything runs
     selected = select_groups(grid, groups)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder)
-    _write_resolved_grid(grid, folder, selected, seeds, profile, overrides)
-    store = ResultStore(folder, grid.notebook.stem)
-    for cell in cells:
-        store.write_meta(cell, grid.swept, _settings(plans[cell.key]))
-    pending, skipped = pending_cells(store, cells)
+    _check_overrides(grid, overrides)
     say = tqdm.write if progress else (lambda _line: None)
-    outcome = Outcome(skipped=[c.key for c in skipped])
-    if pending:
-        gpu = profile == "gpu"  # the paper's scale: each cell asks for a GPU
-        owned = executor is None
-        if owned:
-            executor = open_dask(workers, scheduler, slurm, gpu=gpu, tls=tls, cells=len(pending), log=say)
-        try:  # an executor this call opened stays open only while cells run
-            provenance = write_provenance(folder, {"grid": grid.source, "profile": profile, "seeds": seeds,
-                                                   "groups": selected, "overrides": overrides,
-                                                   "executor": executor.description, "cells": len(cells),
-                                                   "to_run": [c.key for c in pending]})
-            for cell in pending:  # each executed cell records where it came from
-                write_text(store.cell_dir(cell.key) / "provenance.json", provenance.read_text())
-            say(f"sweep {grid.name}: {len(cells)} cells, {len(skipped)} finished earlier (skipped), {len(pending)} "
-                f"to run on {executor.description}; folder {display_path(folder)}")
-            as_notebook = notebooks or cell_function(grid.notebook) is None
-            tasks = {c.key: (execute_cell, (str(grid.notebook), str(store.cell_dir(c.key) / grid.notebook.name),
-                                            plans[c.key], as_notebook)) for c in pending}
-            run_cells(store, schedule(pending, STAGE2_ONLY), tasks, executor, f"sweep {grid.name}", progress,
-                      outcome=outcome)
-        except KeyboardInterrupt:
-            if owned:
-                executor.close(interrupted=True)
-            raise
-        if owned:
-            executor.close()
-    else:
-        say(f"sweep {grid.name}: all {len(cells)} cells finished earlier; nothing to run ({display_path(folder)})")
-    with warnings.catch_warnings(record=True) as caught:  # said here, in this run's terms
-        warnings.simplefilter("always")
-        table = collect(folder)
-    others = sorted({p.parent.name for p in (folder / "cells").glob("*/cell.json")} - {c.key for c in cells}
-                    - set(table.get("cell", [])))
-    if caught and others:
-        say(f"note: {len(others)} cell(s) of this folder outside this run have no results: {others}")
-    if outcome.failed:
+    store = ResultStore(folder, grid.notebook.stem)
+    plans = {}  # each cell's papermill parameters
+
+    def settings(cell):
+        plans[cell.key] = _plan(grid, cell, folder, profile, overrides)
+        return _settings(plans[cell.key])
+
+    as_notebook = notebooks or cell_function(grid.notebook) is None
+
+    def task(cell):
+        output = store.cell_dir(cell.key) / grid.notebook.name
+        return execute_cell, (str(grid.notebook), str(output), plans[cell.key], as_notebook)
+
+    def announce(executor, pending, done):
+        if executor is None:
+            say(f"sweep {grid.name}: all {len(done)} cells finished earlier; nothing to run ({display_path(folder)})")
+            return
+        provenance = write_provenance(folder, {"grid": grid.source, "profile": profile, "seeds": seeds,
+                                               "groups": selected, "overrides": overrides,
+                                               "executor": executor.description, "cells": len(pending) + len(done),
+                                               "to_run": [c.key for c in pending]})
+        for cell in pending:  # each executed cell records where it came from
+            write_text(store.cell_dir(cell.key) / "provenance.json", provenance.read_text())
+        say(f"sweep {grid.name}: {len(pending) + len(done)} cells, {len(done)} finished earlier (skipped), "
+            f"{len(pending)} to run on {executor.description}; folder {display_path(folder)}")
+
+    def failure(outcome, table):
         lines = "\n".join(f"  {key}: {text} (see cells/{key}/error.txt)" for key, text in outcome.failed.items())
-        raise SweepError(f"{len(outcome.failed)} of {len(pending)} cells failed in {folder}:\n{lines}\n"
-                         f"the {len(outcome.executed) + len(skipped)} finished cells are in results.csv; rerun to retry "
-                         "the failed ones", outcome.failed, table)
+        ran = len(outcome.executed) + len(outcome.failed)
+        return SweepError(f"{len(outcome.failed)} of {ran} cells failed in {folder}:\n{lines}\n"
+                          f"the {len(outcome.executed) + len(outcome.skipped)} finished cells are in results.csv; "
+                          "rerun to retry the failed ones", outcome.failed, table)
+
+    gpu = profile == "gpu"  # the paper's scale: each cell asks for a GPU
+    table, outcome = run_grid(
+        grid, store, settings, task, title=f"sweep {grid.name}", seeds=seeds, groups=groups, executor=executor,
+        open_executor=lambda n: open_dask(workers, scheduler, slurm, gpu=gpu, tls=tls, cells=n, log=say),
+        order=lambda pending: schedule(pending, STAGE2_ONLY),
+        prepare=lambda: _write_resolved_grid(grid, folder, selected, seeds, profile, overrides),
+        announce=announce, failure=failure, progress=progress)
     table.attrs.update(executed=outcome.executed, skipped=outcome.skipped)
     return table
+
+
+def full_sweep_or_run(grid: Grid, scale: Scale, folder: str | Path, full_sweep: str | None = None,
+                      groups: list[str] | None = None, workers: int | None = None,
+                      **options) -> tuple[pd.DataFrame, Path, str]:
+    """What a notebook over a grid (04, 06) shows: ``(table, folder of its cells, where it comes from)``.
+    The table of the full sweep ``outputs/<full_sweep>`` when it holds one (``results.csv``: a
+    ``remd sweep`` of the grid, at a scale this machine cannot run in a notebook's time); else, or
+    with ``full_sweep=None``, the grid's sub-grids ``groups`` run at ``scale`` into ``folder``
+    (``run_sweep``: resumed if it holds finished cells; ``options`` go to it). The third value is a
+    sentence for the notebook's captions: the full sweep's profile, epochs and seeds, or this run's
+    scale."""
+    if full_sweep:
+        results = outputs_dir() / full_sweep / "results.csv"
+        if results.exists():
+            table = pd.read_csv(results)
+            return table, results.parent, (f"full sweep outputs/{full_sweep}: profile {distinct(table['profile'])}, "
+                                           f"{distinct(table['epochs'])} epochs, seeds {distinct(table['seed'])}")
+    if scale.profile is None:
+        raise ConfigError("the scale names no profile: the sweep's cells take what the scale leaves unset from it")
+    table = run_sweep(grid, folder, profile=scale.profile, seeds=list(scale.seeds) if scale.seeds else None,
+                      groups=groups, overrides=scale.overrides(), workers=workers, **options)
+    return table, Path(folder), f"this run's sweep ({scale.label()})"
