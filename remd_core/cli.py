@@ -2,21 +2,31 @@
 (``remd_core.recipes``) over several seeds on a catalog entry and writes one tidy results table
 under ``outputs/<run>/``; ``remd baselines`` is ``compare`` with the unimodal and naive-fusion
 recipes and one seed, plus a figure. Each finished (recipe, seed) cell is written at once, and a
-rerun with the same ``--run`` skips finished cells, so an interrupted run loses no finished work."""
+rerun with the same ``--run`` skips finished cells, so an interrupted run loses no finished work.
+
+A mistake on the command line (an unknown key, recipe, profile or notebook, a value of the wrong
+kind, a data set that cannot be built) is found before any folder is made and printed as one line,
+``remd <command>: error: <argument as given>: <what is wrong and what is allowed>``, with status 2.
+``KEY=VALUE`` settings are typed by the dataclass field they name (``config.parse_settings``)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import re
 import shlex
 import sys
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
+from pathlib import Path
 
 import yaml
 
 from . import data
-from .config import ConfigError, from_dict
+from .config import ConfigError, field_types, from_dict, parse_settings, parse_value, split_assignment
 from .experiments.compare import compare
 from .experiments.results import summarize
 from .workbench.figures import compare_figure
@@ -24,50 +34,248 @@ from .models import EncoderConfig
 from .paths import display_path, outputs_dir
 from .experiments.provenance import write as write_provenance
 from .experiments.recipes import FUSION_RECIPES
-from .trainer import TrainConfig
+from .training import TrainConfig
 
 BASELINE_RECIPES = ("unimodal-fundus", "unimodal-oct", "naive-fusion")
+TRAIN_FLAGS = {"epochs": ("--epochs", 30), "batch_size": ("--batch-size", 16), "lr": ("--lr", 1e-3)}
+"""``compare``'s own training options: TrainConfig field -> (option, default)."""
+YAML_NULLS = ("null", "Null", "NULL", "~", "")
+SYNTHETIC_MINIMUMS = {"n_eyes": 1, "image_size": 8, "oct_size": 8, "n_bscans": 1}
+"""What ``data.synthetic.generate`` needs; checked here, before its cache file is opened."""
 
 
-def parse_assignments(items: list[str]) -> dict:
-    """``["n_eyes=100", "distribution=inhouse"]`` -> typed dict (values parsed as YAML scalars)."""
-    out = {}
+# ---------------------------------------------------------------------------------------------------
+# Mistakes on the command line: one line on stderr, status 2, nothing written
+
+class UsageError(Exception):
+    """A mistake on the command line, found before any folder was made: ``main`` prints
+    ``remd <command>: error: <argument>: <message>`` as one line on stderr and returns 2."""
+
+    def __init__(self, argument: str, message):
+        message = one_line(message)
+        given = argument.split(" ", 1)[-1]
+        if message.startswith(f"{given}: "):  # the library named the file too: say it once
+            message = message[len(given) + 2:]
+        self.argument, self.message = argument, message
+        super().__init__(f"{argument}: {message}" if argument else message)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its own mistakes (an unknown option, a missing value) on one line, no usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+SETTING_ERRORS = (ConfigError, ValueError, TypeError, KeyError, OSError, yaml.YAMLError)
+"""What the library raises about settings it is given (``ConfigError``, a config's ``ValueError``,
+``data.CatalogError`` (a ``KeyError``), ``data.DataError`` (a ``ValueError``), a missing file, a
+malformed YAML file). Caught only while configs are built, never around training."""
+
+
+def one_line(error) -> str:
+    """A message on one line: its non-empty lines joined with '; '; a YAML syntax error as what is
+    wrong and where."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return f"not valid YAML: {error.problem}{where}"
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+@contextmanager
+def blame(argument: str | Callable[[str], str]):
+    """Inside, a library error about settings (``SETTING_ERRORS``) becomes a ``UsageError`` naming
+    ``argument`` (or ``argument(message)``: which argument the message is about)."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except SETTING_ERRORS as err:
+        message = one_line(err)
+        raise UsageError(argument(message) if callable(argument) else argument, err) from None
+
+
+def naming(candidates: list[tuple[str, str, str]], fallback: str, keys: tuple[str, ...] = ()) -> Callable[[str], str]:
+    """The argument an error message is about. ``candidates`` are ``(option, text, key)`` as given
+    (``("--train", "lr=0", "lr")``, ``("--epochs", "0", "epochs")``): those whose key the message
+    names (or that are in ``keys``); none named: all of them; none given: ``fallback``."""
+
+    def argument(message: str) -> str:
+        named = [c for c in candidates if c[2] in keys or re.search(rf"(?<!\w){re.escape(c[2])}(?!\w)", message)]
+        parts = []
+        for option, text, _ in named or candidates:
+            if parts and parts[-1][0] == option:
+                parts[-1][1].append(text)
+            else:
+                parts.append((option, [text]))
+        return " ".join(f"{option} {' '.join(texts)}" for option, texts in parts) or fallback
+
+    return argument
+
+
+def assignment_candidates(option: str, items: list[str]) -> list[tuple[str, str, str]]:
+    return [(option, item, item.partition("=")[0].strip()) for item in items]
+
+
+def parse_items(option: str, cls: type, items: list[str], context: str) -> dict:
+    """``--train lr=0.01 ...`` -> ``{"lr": 0.01}``, each value typed by ``cls``'s field
+    (``config.parse_settings``); a bad item is a ``UsageError`` naming it."""
+    values = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"expected key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+        with blame(f"{option} {item}"):
+            values.update(parse_settings(cls, [item], context=context))
+    return values
 
+
+def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
+    with blame(f"{option} {text}"):
+        seeds = list(parse_value(tuple[int, ...], text, "seeds"))
+        if not seeds:
+            raise ConfigError("seeds takes at least one seed")
+    return seeds
+
+
+def train_config(args) -> TrainConfig:
+    """The base ``TrainConfig`` of ``compare`` from ``--epochs``, ``--batch-size``, ``--lr``,
+    ``--encoder`` and ``--train`` (the last wins), every value typed by its field."""
+    encoder = parse_items("--encoder", EncoderConfig, args.encoder, "--encoder")
+    train = parse_items("--train", TrainConfig, args.train, "--train")
+    given = assignment_candidates("--encoder", args.encoder)
+    with blame(naming(given, "--encoder")):
+        encoder_config = from_dict(EncoderConfig, encoder, context="--encoder")
+    given += [(flag, str(getattr(args, key)), key) for key, (flag, default) in TRAIN_FLAGS.items()
+              if getattr(args, key) != default]
+    given += assignment_candidates("--train", args.train)
+    with blame(naming(given, "--train")):
+        return from_dict(TrainConfig, {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                                       "encoder": encoder_config, **train}, context="--train")
+
+
+def load_dataset(args) -> data.MultimodalDataset:
+    """``--dataset`` with ``--data`` overrides, each typed by the loader config's field; the loader's
+    config and the split sizes are checked before anything is generated, read or cached."""
+    from .data.catalog import LOADERS
+    from .data.splits import split_sizes
+
+    with blame(f"--dataset {args.dataset}" if args.dataset else "catalog"):
+        name = args.dataset or data.default_name()
+        entry = data.entry(name)
+    loader = importlib.import_module(LOADERS[entry.loader])
+    overrides = parse_items("--data", loader.Config, args.data, f"data set {name!r}")
+    given = assignment_candidates("--data", args.data)
+    with blame(naming(given, f"--dataset {name}")):
+        config = data.loader_config(name, **overrides)
+    if entry.loader == "synthetic":
+        with blame(naming(given, f"--dataset {name}", keys=(*SYNTHETIC_MINIMUMS, "test", "val"))):
+            small = {k: getattr(config, k) for k, least in SYNTHETIC_MINIMUMS.items() if getattr(config, k) < least}
+            if small:
+                raise ConfigError("synthetic data needs n_eyes >= 1, image_size and oct_size >= 8 and n_bscans >= 1; "
+                                  "got " + ", ".join(f"{k}={v}" for k, v in small.items()))
+            split_sizes(config.n_eyes, config.test, config.val)
+    with blame(naming(given, f"--dataset {name}")):
+        return data.load(name, **overrides)
+
+
+def check_recipes(option: str, text: str | None, recipes: list[str] | None, dataset=None) -> None:
+    """Every recipe name is known and, given the data set, trains on modalities it has."""
+    from .experiments.recipes import recipe
+
+    for name in recipes or []:
+        with blame(f"{option} {text}"):
+            r = recipe(name)
+        has = dataset.spec.modality_names if dataset is not None else ()
+        if dataset is not None and r.modality and r.modality not in has:
+            raise UsageError(f"{option} {text}", f"recipe {name!r} trains on modality {r.modality!r}, which data set "
+                                                 f"{dataset.name!r} lacks; it has {', '.join(has)}")
+
+
+def library_classes() -> dict:
+    from .data.synthetic import Config as SyntheticConfig
+    from .optim.sgm import SGMConfig
+
+    return {"train": TrainConfig, "sgm": SGMConfig, "data": SyntheticConfig}
+
+
+def notebook_settings(items: list[str]) -> dict:
+    """``--set NAME=VALUE`` of ``run`` and ``sweep``: a library setting (``runner.LIBRARY_SETTINGS``)
+    typed by its config field (a YAML null: the library default), any other notebook parameter read as a
+    YAML scalar; then the library settings are built into their configs, so a value a config rejects
+    is named here, before anything runs."""
+    from .workbench.runner import LIBRARY_SETTINGS
+
+    classes = library_classes()
+    kinds = {name: field_types(classes[config])[field] for name, (config, field) in LIBRARY_SETTINGS.items()}
+    values, fields = {}, {}
+    for item in items:
+        with blame(f"--set {item}"):
+            name, text = split_assignment(item)
+            if name in kinds:  # a YAML null (null, ~, nothing) asks for the library default, as before
+                values[name] = None if text.strip() in YAML_NULLS else parse_value(kinds[name], text, name)
+                fields[name] = (item, LIBRARY_SETTINGS[name])
+            else:
+                values[name] = yaml.safe_load(text)
+    for config, cls in classes.items():
+        given = {name: (item, field) for name, (item, (c, field)) in fields.items()
+                 if c == config and values[name] is not None}
+        if given:
+            with blame(naming([("--set", item, field) for item, field in given.values()], "--set")):
+                from_dict(cls, {field: values[name] for name, (_, field) in given.items()}, context="--set")
+    return values
+
+
+def check_notebook_parameters(notebook: Path, profile: str, overrides: dict, items: list[str]) -> None:
+    """``--profile`` is a known profile and every ``--set`` name a parameter ``notebook`` declares."""
+    from .workbench.runner import resolve_parameters
+
+    placeholder = Path("RUN_DIR")  # resolve_parameters only records it
+    with blame(f"--profile {profile}"):
+        resolve_parameters(notebook, profile, {}, placeholder)
+    with blame(naming(assignment_candidates("--set", items), "--set")):
+        resolve_parameters(notebook, profile, overrides, placeholder)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commands
 
 def cmd_list(_args) -> int:
-    for name, e in data.read_catalog().items():
+    with blame("catalog"):
+        catalog = data.read_catalog()
+    for name, e in catalog.items():
         print(f"{name:22s} {e.loader:12s} {e.description}")
     return 0
 
 
 def cmd_compare(args) -> int:
-    dataset = data.load(args.dataset, **parse_assignments(args.data))
-    recipes = args.recipes.split(",") if args.recipes else None
-    seeds = [int(s) for s in args.seeds.split(",")]
+    # every check and every config before a folder is made: a mistake leaves nothing behind
+    seeds = parse_seeds(args.seeds)
     if args.resume and not args.run:
-        raise SystemExit(f"remd {args.command}: --resume needs the run to continue (--run NAME)")
+        raise UsageError("--resume", "needs the run to continue (--run NAME)")
+    recipes = [r.strip() for r in args.recipes.split(",")] if args.recipes else None
+    check_recipes("--recipes", args.recipes, recipes)
+    base = train_config(args)
+    dataset = load_dataset(args)
+    check_recipes("--recipes", args.recipes, recipes, dataset)
+    lacking = sorted(set(base.modalities or ()) - set(dataset.spec.modality_names))
+    if lacking:
+        raise UsageError(naming(assignment_candidates("--train", args.train), "--train")("modalities"),
+                         f"data set {dataset.name!r} has no modality {lacking}; it has "
+                         f"{', '.join(dataset.spec.modality_names)}")
     run = args.run or f"{args.command}-{dataset.name}-{datetime.now():%Y%m%d-%H%M%S}"
     folder = outputs_dir() / run
     if args.resume and not (folder / "cells").is_dir() and not (folder / "checkpoints").is_dir():
-        raise SystemExit(f"remd {args.command}: nothing to resume in {display_path(folder)}")
+        raise UsageError(f"--resume --run {run}", f"nothing to resume in {display_path(folder)}")
     folder.mkdir(parents=True, exist_ok=True)
     args.resume_command = resume_command(args, run)
-    base = from_dict(TrainConfig, {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                                   "encoder": from_dict(EncoderConfig, parse_assignments(args.encoder),
-                                                        context="--encoder"),
-                                   **parse_assignments(args.train)}, context="--train")
     print(f"data set {dataset.name}: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
     write_provenance(folder, {"command": sys.argv, "dataset": dataset.name, "data_config": asdict(dataset.config),
                               "train_config": asdict(base), "seeds": seeds})
     start = time.perf_counter()
-    results = compare(dataset, recipes, seeds, base, folder, progress=not args.quiet,
-                      checkpoint_every=args.checkpoint_every)
+    try:
+        results = compare(dataset, recipes, seeds, base, folder, progress=not args.quiet,
+                          checkpoint_every=args.checkpoint_every)
+    except ConfigError as err:  # before any cell ran (a failed cell raises RuntimeError): stale cells in --run
+        raise UsageError(f"--run {run}", err) from None
     summary = summarize(results)
     columns = [c for c in ("seeds", "test_r2_mean", "test_r2_std", "test_mse_mean", "test_mse_std", "test_mae_mean",
                            "test_mae_std", "few_mse_mean") if c in summary]
@@ -82,39 +290,70 @@ def cmd_compare(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .workbench.runner import run_notebooks
+    from .workbench.runner import ordered_notebooks, run_notebooks
 
-    names = args.notebooks.split(",") if args.notebooks else None
+    names = [n.strip() for n in args.notebooks.split(",")] if args.notebooks else None
+    # every check before run_notebooks makes the run folder
+    if args.resume and not args.run:
+        raise UsageError("--resume", "needs the run to continue (--run NAME)")
+    overrides = notebook_settings(args.set)
+    notebooks = ordered_notebooks()
+    if names:
+        chosen = [p for p in notebooks if p.stem in names or p.stem.split("_", 1)[0] in names]
+        missing = sorted(set(names) - {p.stem for p in chosen} - {p.stem.split("_", 1)[0] for p in chosen})
+        if missing:
+            raise UsageError(f"--notebooks {args.notebooks}",
+                             f"no notebook named {missing}; there are {[p.stem for p in notebooks]}")
+        notebooks = chosen
+    for path in notebooks:
+        check_notebook_parameters(path, args.profile, overrides, args.set)
     args.run = args.run or f"notebooks-{args.profile}-{datetime.now():%Y%m%d-%H%M%S}"
     args.resume_command = resume_command(args, args.run)
     try:
-        folder = run_notebooks(args.profile, args.run, names, parse_assignments(args.set), resume=args.resume)
-    except ConfigError as err:  # found before any notebook ran
-        print(f"remd run: {err}", file=sys.stderr)
-        return 2
+        folder = run_notebooks(args.profile, args.run, names, overrides, resume=args.resume)
+    except ConfigError as err:  # found before any notebook ran: a --resume of another run's settings
+        raise UsageError(f"--resume --run {args.run}" if args.resume else "", err) from None
     print(f"executed notebooks, figures and results: {folder}")
     return 0
 
 
 def cmd_sweep(args) -> int:
+    from .experiments.executors import slurm_profile, tls_security
     from .workbench.sweep import SweepError, group_summaries, load_grid, run_sweep, select_groups
 
     start = time.perf_counter()
     failure = None
-    try:
+    # every check of the command line before run_sweep (which checks the grid's cells itself)
+    with blame(f"grid {args.grid}"):
         grid = load_grid(args.grid)
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-        groups = args.groups.split(",") if args.groups else None
-        folder = outputs_dir() / (args.run or f"sweep-{grid.name}")
-        args.resume_command = resume_command(args, folder.name, flag=False)
-        tls = {k: v for k, v in (("ca", args.tls_ca), ("cert", args.tls_cert), ("key", args.tls_key)) if v}
-        table = run_sweep(grid, folder, args.profile, seeds, groups, parse_assignments(args.set), args.workers,
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    groups = [g.strip() for g in args.groups.split(",")] if args.groups else None
+    if groups:
+        with blame(f"--groups {args.groups}"):
+            select_groups(grid, groups)
+    overrides = notebook_settings(args.set)
+    check_notebook_parameters(grid.notebook, args.profile, overrides, args.set)
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}", "workers must be >= 1")
+    if args.scheduler and args.slurm:
+        raise UsageError(f"--scheduler {args.scheduler} --slurm {args.slurm}",
+                         "give a scheduler address or a Slurm profile, not both")
+    if args.slurm:
+        with blame(f"--slurm {args.slurm}"):
+            slurm_profile(args.slurm)
+    tls = {k: v for k, v in (("ca", args.tls_ca), ("cert", args.tls_cert), ("key", args.tls_key)) if v}
+    if tls:
+        with blame(" ".join(f"--tls-{k} {v}" for k, v in tls.items())):
+            tls_security(tls)
+    folder = outputs_dir() / (args.run or f"sweep-{grid.name}")
+    args.resume_command = resume_command(args, folder.name, flag=False)
+    try:
+        table = run_sweep(grid, folder, args.profile, seeds, groups, overrides, args.workers,
                           scheduler=args.scheduler, slurm=args.slurm, tls=tls or None, notebooks=args.notebooks)
     except SweepError as err:
         table, failure = err.table, err
-    except ConfigError as err:  # a mistake in the grid or the command, found before anything ran
-        print(f"remd sweep: {err}", file=sys.stderr)
-        return 2
+    except ConfigError as err:  # a mistake in the grid or the command, found before any cell ran
+        raise UsageError(naming(assignment_candidates("--set", args.set), "")(str(err)), err) from None
     columns = ["seeds", "test_r2_mean", "test_r2_std", "test_mse_mean", "test_mse_std", "test_mae_mean",
                "test_mae_std", "few_mse_mean"]
     shown = table[table["seed"].isin(seeds)] if seeds and not table.empty else table
@@ -132,7 +371,7 @@ def cmd_sweep(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="remd", description=__doc__.split("\n")[0])
+    parser = Parser(prog="remd", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the data catalog").set_defaults(func=cmd_list)
     for command, recipes, seeds, text in (
@@ -148,9 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="encoder settings (arch, width, stem, bscan_pool, mlp_hidden)")
         b.add_argument("--train", nargs="*", default=[], metavar="KEY=VALUE",
                        help="other TrainConfig settings (optimizer, regression_loss, margin_m0, device, ...)")
-        b.add_argument("--epochs", type=int, default=30)
-        b.add_argument("--batch-size", type=int, default=16)
-        b.add_argument("--lr", type=float, default=1e-3)
+        for key, (flag, default) in TRAIN_FLAGS.items():
+            b.add_argument(flag, type=type(default), default=default)
         b.add_argument("--run", default=None, help="run folder name under outputs/ (reuse it to resume)")
         b.add_argument("--resume", action="store_true",
                        help="continue the run named by --run: finished cells are kept, the others resume from their "
@@ -209,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv, args.resume_command = argv, None
     try:
         return args.func(args)
+    except UsageError as err:  # found before anything was written
+        print(f"remd {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C: every file written so far is whole (remd_core.files)
         print(f"\nremd {args.command}: interrupted. Finished work and the last checkpoints are kept"
               + (f"; continue with:\n  {args.resume_command}" if args.resume_command else "."), file=sys.stderr,
