@@ -13,6 +13,11 @@ ogm_ge              OGM-GE: one backward, then per-kernel scaling and Gaussian n
 mmpareto            MMPareto (ours): two backward passes over one forward                F + 2B
 sgm_k1              SGM, probe every step: + two graph-free forwards                     F + 2B + 2G
 sgm_k4              SGM, probe every 4 steps                                             F + 2B + G/2
+sam                 SAM: forward and backward at w, then at w + e                        2F + 2B
+imbsam              ImbSAM: head and tail parts of the first backward apart              2F + 3B
+sse_sam             SSE-SAM with its head radius on: head and tail perturbed apart       3F + 4B
+bsam                BSAM: SAM on the loss re-weighted per MD bin                         2F + 2B
+igm                 IGM: one encoder's backward, the flat term's second pass (a bound)   2F + 2B
 mmpareto_reference  MMPareto structured like the official code (the peer reference)      F + 3B
 sgm_reference       SGM written out straightforwardly (separate passes, loops, copies)   F + 3B + 2G
 ==================  ===================================================================  ==========

@@ -123,12 +123,12 @@ def test_a_linear_head_predicts_no_interval(dataset):
 def test_every_strategy_trains_an_evidential_model_or_refuses_it(dataset, name):
     """The evidential loss reaches strategies as the usual Losses; ImbSAM and SSE-SAM split the loss
     through the model's outputs, which an evidential likelihood is not a per-sample function of, and
-    say so instead of leaving part of the loss out."""
+    say so instead of leaving part of the loss out; so does BSAM, which re-weights samples through them."""
     config = TrainConfig(head="eyemost-plus", precision="float64", augment=False, encoder=TINY)
     model, objective, inputs, target = _batch(dataset, config, n=8)
     strategy = build_strategy(name, seed=0).bind(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    if name in ("imbsam", "sse-sam"):
+    if name in ("imbsam", "sse-sam", "bsam"):
         with pytest.raises(ValueError, match="evidential"):
             strategy.step(objective.closure(model, inputs, target), optimizer, step=0, epoch=0)
         return

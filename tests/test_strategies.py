@@ -12,8 +12,8 @@ import torch
 
 from remd_core.data.format import DatasetSpec, ModalitySpec
 from remd_core.models import EncoderConfig, MultimodalModel, MultimodalRegressor, check_model
-from remd_core.optim import (STRATEGIES as REGISTRY, MMPareto, MMParetoConfig, OGMGE, OGMGEConfig, SGM, SGMConfig,
-                             Joint, JointConfig, Losses, NonFiniteError, build_strategy)
+from remd_core.optim import (STRATEGIES as REGISTRY, BSAM, BSAMConfig, IGM, IGMConfig, MMPareto, MMParetoConfig, OGMGE,
+                             OGMGEConfig, SGM, SGMConfig, Joint, JointConfig, Losses, NonFiniteError, build_strategy)
 from remd_core.optim.ogm_ge import modulation_coefficients
 from remd_core.optim.reference import REFERENCE_STRATEGIES
 from strategy_helpers import closure, make_conflict
@@ -25,6 +25,8 @@ STRATEGIES = {  # every registered strategy at its defaults, and variants of som
     "naive": lambda: Joint(JointConfig(unimodal_weight=0.0)),
     "sgm-k4-curv-per-encoder": lambda: SGM(SGMConfig(probe_every=4, sharpness="curvature", cos_scope="per_encoder")),
     "ogm_ge-all": lambda: OGMGE(OGMGEConfig(modulate="all"), generator=torch.Generator().manual_seed(3)),
+    "bsam-normalised": lambda: BSAM(BSAMConfig(normalize=True)),
+    "igm-short-stages-flat": lambda: IGM(IGMConfig(stages=(3, 3, 3, 3), rho=0.05)),  # P and the flat pass act
 }
 
 
@@ -53,14 +55,20 @@ def grads_after(strategy, model, inputs, y, step=0, epoch=0):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, logs
 
 
+ALTERNATING = {"igm": {"stages": (1.0, 1.0)}}
+"""Strategies that train one modality's encoder per stage: stages of one step each, and two steps."""
+
+
 @pytest.mark.parametrize("name", EVERY)
 def test_every_registered_strategy_binds_to_the_contract_and_takes_a_finite_step(name):
     model, inputs, y = make_problem()
     assert isinstance(model, MultimodalModel)
     check_model(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    strategy = build_strategy(name, seed=0).bind(model)
-    logs = strategy.step(closure(model, inputs, y), torch.optim.SGD(model.parameters(), lr=1e-2), step=0, epoch=0)
+    strategy = build_strategy(name, ALTERNATING.get(name), seed=0).bind(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    for t in range(2 if name in ALTERNATING else 1):
+        logs = strategy.step(closure(model, inputs, y), optimizer, step=t, epoch=0)
     assert logs and all(torch.isfinite(v).all() for v in logs.values()), logs
     assert all(torch.isfinite(p).all() for p in model.parameters())
     for part in ("encoders.a.", "encoders.b.", "fusion_head."):  # every encoder and the fused head moved

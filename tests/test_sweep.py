@@ -86,13 +86,13 @@ def test_paper_grid_is_the_union_of_its_tables_without_duplicates():
     grid = load_grid(PAPER)
     assert list(grid.groups) == ["table1", "table2", "sensitivity_m0", "sensitivity_beta", "sensitivity_gamma"]
     cells = expand(grid)
-    assert len(cells) == len({c.key for c in cells}) == 60 + 15 + 11
+    assert len(cells) == len({c.key for c in cells}) == 66 + 15 + 11  # table1: the paper's 20 rows, BSAM and IGM
     default = {c.key: c for c in cells}["synthetic-stage2__re-m3dr__seed0"]
     # one run serves both tables and the default point of the margin curves (the gamma curve runs at gamma_max 10)
     assert default.groups == ("table1", "table2", "sensitivity_m0", "sensitivity_beta")
     assert default.params == {"DATASET": "synthetic-stage2", "RECIPE": "re-m3dr", "SEED": 0}
     one_seed = expand(grid, seeds=[0])
-    assert len(one_seed) == 20 + 5 + 11 and {c.params["SEED"] for c in one_seed} == {0}
+    assert len(one_seed) == 22 + 5 + 11 and {c.params["SEED"] for c in one_seed} == {0}
     # a cell's groups name every sub-grid holding it, selected or not
     table2 = expand(grid, seeds=[0], groups=["table2"])
     assert [c.params["RECIPE"] for c in table2] == ["re-m3dr", "wo-am", "am-only", "am-naive-fusion", "am-mmpareto",

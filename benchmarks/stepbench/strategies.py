@@ -49,11 +49,17 @@ SPECS = (
     StrategySpec("sam", "sam", n_forward=2, n_backward=2),
     StrategySpec("imbsam", "imbsam", n_forward=2, n_backward=3),
     StrategySpec("sse_sam", "sse-sam", n_forward=3, n_backward=4),
+    # BSAM is SAM on a re-weighted loss: the re-weighting is a backward through the loss alone, to the outputs.
+    # IGM: a forward of both encoders (the fusion head reads both), a backward through the current modality's
+    # encoder, and at its official radius the flat term's second forward and backward; 2F + 2B bounds that from
+    # above (each backward reaches one encoder, and the fused head's gradient stops at the features)
+    StrategySpec("bsam", "bsam", n_forward=2, n_backward=2),
+    StrategySpec("igm", "igm", n_forward=2, n_backward=2),
     StrategySpec("mmpareto_reference", "mmpareto_reference", n_backward=3),
     StrategySpec("sgm_reference", "sgm_reference", {"probe_every": 1}, n_backward=3, n_nograd=2),
 )
 PLAIN = "joint"
-OURS = ("joint", "naive_fusion", "ogm_ge", "mmpareto", "sgm_k1", "sgm_k4", "sam", "imbsam", "sse_sam")
+OURS = ("joint", "naive_fusion", "ogm_ge", "mmpareto", "sgm_k1", "sgm_k4", "sam", "imbsam", "sse_sam", "bsam", "igm")
 
 
 class Runner:

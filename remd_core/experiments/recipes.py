@@ -5,7 +5,9 @@ Table 1 (comparison): ``unimodal-<modality>`` (e.g. ``unimodal-fundus``, ``unimo
 ``sse-sam``, ``egvfi`` and ``sf3d`` (3-D OCT models, on the OCT volume alone), ``simclr``,
 ``conr`` (and ``conr-oct``, ``conr-fundus``), ``echomen`` (and ``echomen-oct``, ``echomen-fundus``),
 ``re-m3dr`` (AM stage 1, then SGM). Not in Table 1: ``rnc`` (Rank-N-Contrast pretraining, then naive
-fusion).
+fusion). Newer rivals, rows of our Table 1 grid but not of the paper (``NEWER_RIVALS``): ``bsam``
+(Balanced SAM, ICCV 2025, on naive fusion's loss) and ``igm`` (IGM, IJCAI 2025: alternating unimodal
+training with flat gradient modification).
 Table 2 (ablations): ``wo-am`` (fixed-margin stage 1, then SGM), ``am-only`` (AM stage 1, each
 unimodal model on its own), ``am-naive-fusion`` (AM stage 1, then naive fusion), ``am-mmpareto``
 (AM stage 1, then MMPareto).
@@ -71,6 +73,14 @@ FUSION_RECIPES = {
                      "fusion's loss (Table 1)", strategy="imbsam", options=(("unimodal_weight", 0.0),)),
     "sse-sam": Recipe("sse-sam", "SSE-SAM (Lyu et al. 2025): head and tail radii, the head's 0 after half the run, "
                       "naive fusion's loss (Table 1)", strategy="sse-sam", options=(("unimodal_weight", 0.0),)),
+    # newer rivals (not in the paper): BSAM is sharpness-aware like the three above, on the same loss; IGM trains
+    # one modality at a time on its own unimodal loss by definition, so it takes no unimodal_weight
+    "bsam": Recipe("bsam", "BSAM (Liu et al. 2025): SAM on the loss re-weighted by 1/sqrt(training count) of each "
+                   "eye's MD bin, naive fusion's loss (newer rival)", strategy="bsam",
+                   options=(("unimodal_weight", 0.0),)),
+    "igm": Recipe("igm", "IGM (Jiang et al. 2025): alternating unimodal stages, gradients of the linear layers "
+                  "projected by the previous modality's input statistics, a fusion head fitted on the features "
+                  "(newer rival)", strategy="igm"),
     # the evidential fusions train their own loss with joint training; unimodal_weight 1 makes the sum the
     # official EyeMoSt loss (per-modality NIG terms plus the fused Student-t term)
     "eyemost": Recipe("eyemost", "EyeMoSt (Zou et al. 2023): NIG per modality, Student-t fusion (Table 1)",
@@ -125,7 +135,8 @@ FUSION_RECIPES = {
 COMPARATOR_STAGE1 = ("simclr", "rnc", "echomen")
 CONTROL_RECIPES = ("pretrained-naive-fusion",)
 MISSING_RECIPES = ("naive-fusion-dropout", "simmlm", "rima")
-NOT_IN_PAPER = (*CONTROL_RECIPES, "rnc", *MISSING_RECIPES)
+NEWER_RIVALS = ("bsam", "igm")
+NOT_IN_PAPER = (*CONTROL_RECIPES, "rnc", *MISSING_RECIPES, *NEWER_RIVALS)
 PAPER_RECIPES = ("unimodal-fundus", "unimodal-oct", *(r for r in FUSION_RECIPES if r not in NOT_IN_PAPER))
 
 

@@ -3,7 +3,9 @@ strategy behind one interface (``Strategy.step(compute, optimizer, step, epoch)`
 
 import torch
 
+from .bsam import BSAM, BSAMConfig
 from .functions import combine_gradients, dot_and_norms, min_norm_2, modulation_gamma, per_tensor_norms, sharpness_score
+from .igm import IGM, IGMConfig
 from .imbsam import ImbSAM, ImbSAMConfig
 from .joint import Joint, JointConfig
 from .mmpareto import MMPareto, MMParetoConfig
@@ -13,7 +15,7 @@ from .sgm import SGM, SGMConfig
 from .sse_sam import SSESAM, SSESAMConfig
 from .strategy import Losses, NonFiniteError, RunInfo, Strategy
 
-STRATEGIES = {cls.name: cls for cls in (Joint, SGM, MMPareto, OGMGE, SAM, ImbSAM, SSESAM)}
+STRATEGIES = {cls.name: cls for cls in (Joint, SGM, MMPareto, OGMGE, SAM, ImbSAM, SSESAM, BSAM, IGM)}
 
 
 def build_strategy(name: str, options: dict | None = None, *, seed: int | None = None, **kwargs) -> Strategy:
@@ -35,7 +37,8 @@ def build_strategy(name: str, options: dict | None = None, *, seed: int | None =
 
 
 __all__ = [
-    "ImbSAM", "ImbSAMConfig", "Joint", "JointConfig", "Losses", "MMPareto", "MMParetoConfig", "NonFiniteError",
+    "BSAM", "BSAMConfig", "IGM", "IGMConfig", "ImbSAM", "ImbSAMConfig", "Joint", "JointConfig", "Losses", "MMPareto",
+    "MMParetoConfig", "NonFiniteError",
     "OGMGE", "OGMGEConfig", "RunInfo", "SAM", "SAMConfig", "SGM", "SGMConfig", "SSESAM", "SSESAMConfig", "STRATEGIES",
     "Strategy", "build_strategy", "combine_gradients", "dot_and_norms", "min_norm_2", "modulation_gamma",
     "per_tensor_norms", "sharpness_score",
