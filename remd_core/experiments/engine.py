@@ -179,6 +179,9 @@ def run_grid(grid: Grid, store: ResultStore, settings: Callable[[Cell], dict], t
         except KeyboardInterrupt:
             if owned:
                 executor.close(interrupted=True)
+            # a worker process stopped mid-write (cells run in a worker thread, which the interrupt does not
+            # reach, so the write's own clean-up never ran) leaves its temporary file: remove it
+            remove_stale_temporaries(store.folder)
             raise
         if owned:
             executor.close()
