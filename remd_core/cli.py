@@ -198,7 +198,7 @@ def library_classes() -> dict:
 
 
 def notebook_settings(items: list[str]) -> dict:
-    """``--set NAME=VALUE`` of ``run`` and ``sweep``: a library setting (``runner.LIBRARY_SETTINGS``)
+    """``--set NAME=VALUE`` of ``run`` and ``sweep``: a library setting (``profiles.LIBRARY_SETTINGS``)
     typed by its config field (a YAML null: the library default), any other notebook parameter read as a
     YAML scalar; then the library settings are built into their configs, so a value a config rejects
     is named here, before anything runs."""

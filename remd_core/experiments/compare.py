@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..data.format import MultimodalDataset
 from ..files import atomic_path
-from ..trainer import TrainConfig
+from ..training import TrainConfig
 from .engine import run_grid
 from .grid import Grid, SubGrid
 from .recipes import recipes_for, run_recipe

@@ -32,7 +32,7 @@ from ..config import ConfigError, from_dict
 # nbval checks to three decimals come out the same on every processor and thread count (float32
 # differs in the third decimal between an Intel and an AMD CPU); the others train as the trainer
 # decides ("auto": float32 on CPU, bf16 autocast on CUDA). ``TRAINING`` names the training preset
-# (``trainer.TRAINING_PRESETS``): the gpu profile trains with every setting the paper states
+# (``training.TRAINING_PRESETS``): the gpu profile trains with every setting the paper states
 # (batch 8, Adam, SMAPE + R^2), the others with the workbench's (batch 16, AdamW, cosine, MSE).
 # ``testbed``: the scale at which this machine runs notebook 06's testbed (``sweeps/fusion_fails.yaml``, 288
 # cells, 3 seeds): the smallest at which both modalities learn on the default data (each unimodal model's mean
@@ -179,7 +179,7 @@ def library_default(name: str, training: str = "workbench"):
     with training preset ``training`` applied to ``TrainConfig``."""
     from ..data.synthetic import Config as SyntheticConfig
     from ..optim.sgm import SGMConfig
-    from ..trainer import preset_config
+    from ..training import preset_config
 
     config, field = LIBRARY_SETTINGS[name]
     defaults = {"train": lambda: preset_config(training), "sgm": SGMConfig, "data": SyntheticConfig}[config]()

@@ -23,7 +23,7 @@ from ..models import EncoderConfig
 from .profiles import fill_defaults, profile_values
 from ..paths import display_path
 from .record import run_folder
-from ..trainer import TrainConfig, preset_config
+from ..training import TrainConfig, preset_config
 
 DEFAULT_PROFILE = "cpu"
 
@@ -91,7 +91,7 @@ def load_dataset(name: str, n_eyes: int, image_size: int, n_bscans: int, seed: i
 
 def train_config(epochs: int, arch: str, width: float, seed: int = 0, training: str = "workbench",
                  **settings) -> TrainConfig:
-    """The notebooks' training settings: the training preset ``training`` (``trainer.TRAINING_PRESETS``;
+    """The notebooks' training settings: the training preset ``training`` (``training.TRAINING_PRESETS``;
     the profile's ``TRAINING``) with the notebook's settings and the profile's scale."""
     config = preset_config(training, settings, context="the notebook's training settings")
     return replace(config, epochs=epochs, seed=seed, encoder=EncoderConfig(arch=arch, width=width))

@@ -136,7 +136,7 @@ def check_settings(params: dict, context: str) -> None:
     a value a config rejects (``GAMMA_MIN`` above ``GAMMA_MAX``, a negative margin) fails before any
     cell runs, naming the cell."""
     from ..optim.sgm import SGMConfig
-    from ..trainer import TrainConfig
+    from ..training import TrainConfig
 
     for config, cls in (("train", TrainConfig), ("sgm", SGMConfig)):
         values = {field: params[name] for name, (c, field) in LIBRARY_SETTINGS.items()
