@@ -37,9 +37,9 @@ test: install
 	$(PYTEST) --durations=10 $(NBVAL) tests notebooks
 	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=2 $(PYTEST) -q $(NBVAL) notebooks/0[0-3]_*.ipynb notebooks/cells
 
-# while working: the unit tests that train nothing large (no slow marker), no notebooks (under 3 min here)
+# while working: the unit tests (tests/unit) that train nothing large (no slow marker): under 3 min here
 test-fast: install
-	$(PYTEST) -q -m "not slow" tests
+	$(PYTEST) -q -m "not slow" tests/unit
 
 test-kernels: install
 	@for setting in $(KERNEL_SETTINGS); do echo "== notebook checks with $$setting"; \

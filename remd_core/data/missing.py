@@ -6,7 +6,7 @@ absent, at a chosen rate per modality, for training and for testing, reproducibl
 
     ds = with_missing(load(...), MissingConfig(train={"fundus": 0.3}, test={"oct": 0.5}, seed=0))
 
-Choices made here (each one is tested in ``tests/test_missing.py``):
+Choices made here (each one is tested in ``tests/unit/data/test_missing.py``):
 
 - **Which rates a split gets.** ``train`` gets ``config.train``, ``test`` gets ``config.test``, and
   ``val`` gets ``config.train`` by default (``config.val = "train"``): validation selects the epoch of

@@ -26,7 +26,7 @@ both factors captures variation from the test eyes (a different test set) and fr
 - Resampling both factors of a crossed design counts the seed x eye residual twice (Owen, "The
   pigeonhole bootstrap", Ann. Appl. Stat. 2007): when the differences vary mostly per (seed, eye)
   rather than per eye, the interval is conservative (wider than nominal). When they vary mostly per
-  eye (A is better on some eyes in every seed) it is close to nominal. ``tests/test_paired.py``
+  eye (A is better on some eyes in every seed) it is close to nominal. ``tests/unit/experiments/test_paired.py``
   measures both cases.
 - A percentile interval of a mean of N about 100 values undercovers slightly (about 94 % for 95 %).
 - With few test eyes the R2 interval is wide and skewed: a replicate whose resampled eyes have a
@@ -46,7 +46,7 @@ the same p-value. The unit:
 - ``unit="cell"``: each (seed, eye) on its own. This assumes that how A and B differ on one eye does
   not persist across seeds. When it does (A better on the same eyes in every seed, as a recipe that
   treats the tail differently is), per-(seed, eye) swaps understate the statistic's spread: in the
-  simulation of ``tests/test_paired.py`` (3 seeds, 100 eyes, eye-level differences) this test
+  simulation of ``tests/unit/experiments/test_paired.py`` (3 seeds, 100 eyes, eye-level differences) this test
   rejected a true H0 in about a quarter of the draws at the 5 % level.
 - ``unit="eye"`` (the default): an eye's predictions are swapped the same way in every seed, which
   stays valid in both cases (about 5 % there). With 1 seed the two are the same test.

@@ -2,7 +2,7 @@
 
 They are the peers of the fast strategies (``MMPareto``, ``SGM``) in two places: the step-cost
 benchmark (``benchmarks/bench_steps.py``), where ``mmpareto_reference`` is the "structured like the
-official code" row, and the equivalence tests (``tests/test_reference_equivalence.py``), where the
+official code" row, and the equivalence tests (``tests/unit/optim/test_reference_equivalence.py``), where the
 fast strategies must give the same parameters and logs (same seed, CPU, float64) as these.
 
 Both follow the structure of the official MMPareto code (GeWu-Lab/MMPareto_ICML2024,

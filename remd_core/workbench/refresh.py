@@ -6,7 +6,7 @@ addresses), numbers the code cells 1, 2, 3, ... (nbval needs counts on cells wit
 numbering never churns) and stamps the notebook with a hash of its code cells. ``problems`` lists
 what is wrong with a committed notebook: code changed since its outputs were made (stale), counts
 out of sequence, memory addresses or machine paths in outputs. ``make notebooks`` refreshes them
-all; ``tests/test_notebooks.py`` fails on any problem.
+all; ``tests/notebooks/test_notebooks.py`` fails on any problem.
 """
 
 from __future__ import annotations

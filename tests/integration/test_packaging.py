@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from packaging.specifiers import SpecifierSet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONDA_NAMES = {"pytorch": "torch", "python-kaleido": "kaleido"}          # conda package name -> PyPI name
 CONDA_ONLY = {"python", "pip"}
 

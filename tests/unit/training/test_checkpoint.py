@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pathlib import Path
 
 from remd_core.training.checkpoint import CheckpointMismatchError, Checkpoints, restore_rng_state, rng_state
 from remd_core.data import load
@@ -56,7 +57,7 @@ def run_and_kill_mid_epoch(name: str, folder) -> dict:
     """Train in a real subprocess; SIGKILL it at a checkpoint written in the middle of an epoch after
     the first. The child is frozen (SIGSTOP) while its newest checkpoint is read, so it cannot write
     another before the verdict. Returns the checkpoint the resumed run starts from."""
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(REPO_ROOT / "tests")), name, str(folder)],
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(Path(__file__).parent)), name, str(folder)],
                              cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     sidecar, seen = folder / "last.pt.sha256", None
     deadline = time.monotonic() + 300

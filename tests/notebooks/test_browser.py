@@ -4,7 +4,7 @@ smoke profile, then a slider moved with the keyboard. Checks that the widget cel
 that the sliders start at the configured values under readable labels, and that moving one redraws
 that figure in place.
 
-Run alone: ``.venv/bin/python -m pytest -p no:xdist -q tests/test_browser.py``.
+Run alone: ``.venv/bin/python -m pytest -p no:xdist -q tests/notebooks/test_browser.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from remd_core.training import TrainConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NOTEBOOK = "02_stage1_adaptive_margin.ipynb"
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium executable on PATH (Debian: apt-get install chromium; .ci/run installs it); "
