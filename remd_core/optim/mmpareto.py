@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .functions import min_norm_weight, dot_and_norms
-from .objectives import objective_gradients
+from .gradients import objective_gradients
 from .strategy import Strategy, assign_grads, encoder_slices, shared_and_head_params
 
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from .functions import SCORE_MODES, combine_gradients, modulation_gamma, sharpness_score
-from .objectives import objective_gradients
+from .gradients import objective_gradients
 from .strategy import Strategy, assign_grads, encoder_slices, frozen_batchnorm_stats, shared_and_head_params
 
 
