@@ -3,7 +3,7 @@
 - ``regression``: MSE, L1, SMAPE, 1 - R^2 and the paper's SMAPE + R^2 (section 5.2), by name
   (``regression_loss``).
 - ``am_supcon``: Re-M3Dr's stage 1 (section 4.1): the adaptive margin ``m(t)`` (``margin_schedule``,
-  ``reference_step``), AM-SupCon (``am_supcon_loss``) and the stage-1 total (``stage1_objective``).
+  ``reference_step``), AM-SupCon (``am_supcon_loss``) and the stage-1 total (``stage1_loss``).
 - ``contrastive``: the registry of contrastive terms a stage-1 run adds to the regression loss, by
   name (``CONTRASTIVE``): AM-SupCon and the comparators of Table 1 below.
 - ``ntxent`` (SimCLR), ``rnc`` (Rank-N-Contrast), ``conr`` (ConR), ``echomen`` (EchoMEN's
@@ -16,7 +16,7 @@ where it differs from that code.
 """
 
 from .am_supcon import (PAPER_RUN_STEPS, _l2_normalise, _labels, am_supcon_loss, margin_schedule,  # noqa: F401
-                        positive_mask, reference_step, stage1_objective)
+                        positive_mask, reference_step, stage1_loss)
 from .conr import CONR_BETA, CONR_TEMPERATURE, conr_loss, conr_masks
 from .contrastive import CONTRASTIVE, Contrast, ContrastiveLoss, contrastive_term
 from .lds import LDSWeights, lds_weights, weighted_mse
@@ -30,5 +30,5 @@ __all__ = [
     "RNC_TEMPERATURE", "SIMCLR_TEMPERATURE", "SMAPE_FLOOR_DB", "Contrast", "ContrastiveLoss", "LDSWeights",
     "RegressionLoss", "am_supcon_loss", "conr_loss", "conr_masks", "contrastive_term", "l1_loss", "lds_weights",
     "margin_schedule", "mse_loss", "nt_xent_loss", "one_minus_r2", "positive_mask", "reference_step",
-    "regression_loss", "rnc_loss", "smape_loss", "smape_r2_loss", "stage1_objective", "weighted_mse",
+    "regression_loss", "rnc_loss", "smape_loss", "smape_r2_loss", "stage1_loss", "weighted_mse",
 ]

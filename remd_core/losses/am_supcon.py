@@ -8,7 +8,7 @@ Sources
   (the two set equations of section 4.1), the margin schedule ``m(t) = m0`` for ``t < t_n`` and
   ``m0 * exp(-beta * (t - t_n))`` afterwards (``margin_schedule``), the "standard supervised
   contrastive loss" ``-log( exp(z_i.z_p / tau) / sum_a exp(z_i.z_a / tau) )`` (``am_supcon_loss``)
-  and the stage-1 total ``L = L_regression + lambda * L_SupCon`` (``stage1_objective``). Reported
+  and the stage-1 total ``L = L_regression + lambda * L_SupCon`` (``stage1_loss``). Reported
   defaults: ``m0 = 0.4``, ``beta = 0.0005`` (section 5.6, Fig. 6; we read ``t`` as the iteration
   count); ``t_n`` is not reported. The equations of section 4.1 are unnumbered in our copy of the
   paper, so they are cited by what they define.
@@ -198,7 +198,7 @@ def am_supcon_loss(z: torch.Tensor, y: torch.Tensor, margin: float, temperature:
 # Stage-1 objective
 # --------------------------------------------------------------------------------------------------
 
-def stage1_objective(pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor | Sequence[torch.Tensor],
+def stage1_loss(pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor | Sequence[torch.Tensor],
                      y_for_margin: torch.Tensor, margin: float, lam: float,
                      regression: str | RegressionLoss = "mse", temperature: float = 0.07, *,
                      base_temperature: float = 0.07) -> dict:
@@ -220,7 +220,7 @@ def stage1_objective(pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor |
     reg = reg_fn(pred, target)
     views = [z] if isinstance(z, torch.Tensor) else list(z)
     if not views:
-        raise ValueError("stage1_objective needs at least one projection z")
+        raise ValueError("stage1_loss needs at least one projection z")
     supcon = sum(am_supcon_loss(v, y_for_margin, margin, temperature=temperature, base_temperature=base_temperature)
                  for v in views)
     contrastive = lam * supcon

@@ -6,7 +6,7 @@ baseline), applied to every modality of the model and summed over modalities:
 
 - ``am-supcon``: Re-M3Dr's stage 1 (section 4.1): the adaptive-margin SupCon of each modality's
   projections (``am_supcon``), one view, with the current margin ``m(t)``, weighted by
-  ``TrainConfig.supcon_weight`` (``stage1_objective`` is the same total as one function);
+  ``TrainConfig.supcon_weight`` (``stage1_loss`` is the same total as one function);
 
 - ``simclr``: NT-Xent between the projections of two augmented views (``ntxent``), no labels;
 - ``rnc``: Rank-N-Contrast on the encoder's features of both views (``rnc``; the official code

@@ -10,7 +10,7 @@ import torch
 
 from remd_core.losses import (MIN_LABEL_VAR, SMAPE_FLOOR_DB, am_supcon_loss, l1_loss, margin_schedule, mse_loss,
                               one_minus_r2, positive_mask, regression_loss, smape_loss, smape_r2_loss,
-                              stage1_objective)
+                              stage1_loss)
 from remd_core.evaluation.metrics import SMAPE_EPS, r2, smape
 
 
@@ -339,11 +339,11 @@ def test_smape_r2_rejects_bad_hyperparameters(kwargs):
 # stage-1 objective
 # ---------------------------------------------------------------------------------------------
 
-def test_stage1_objective_combines_terms(gen):
+def test_stage1_loss_combines_terms(gen):
     pred = torch.randn(8, generator=gen, requires_grad=True)
     target = torch.randn(8, generator=gen)
     z = torch.randn(8, 16, generator=gen, requires_grad=True)
-    out = stage1_objective(pred, target, z, target, margin=0.4, lam=0.3)
+    out = stage1_loss(pred, target, z, target, margin=0.4, lam=0.3)
     assert set(out) == {"loss", "regression", "supcon", "contrastive", "n_anchors_with_positive"}
     assert out["regression"].item() == pytest.approx(mse_loss(pred, target).item())
     assert out["supcon"].item() == pytest.approx(am_supcon_loss(z, target, 0.4).item())
@@ -355,27 +355,27 @@ def test_stage1_objective_combines_terms(gen):
     assert pred.grad is not None and z.grad.abs().sum() > 0
 
 
-def test_stage1_objective_sums_the_supcon_losses_of_several_projections(gen):
+def test_stage1_loss_sums_the_supcon_losses_of_several_projections(gen):
     pred, target = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
     z1, z2 = torch.randn(8, 5, generator=gen), torch.randn(8, 3, generator=gen)
-    out = stage1_objective(pred, target, [z1, z2], target, margin=0.5, lam=2.0)
+    out = stage1_loss(pred, target, [z1, z2], target, margin=0.5, lam=2.0)
     expected = am_supcon_loss(z1, target, 0.5).item() + am_supcon_loss(z2, target, 0.5).item()
     assert out["supcon"].item() == pytest.approx(expected)
     assert out["loss"].item() == pytest.approx(mse_loss(pred, target).item() + 2.0 * expected)
     with pytest.raises(ValueError, match="at least one"):
-        stage1_objective(pred, target, [], target, margin=0.5, lam=1.0)
+        stage1_loss(pred, target, [], target, margin=0.5, lam=1.0)
 
 
-def test_stage1_objective_regression_by_name_or_callable_and_no_positives(gen):
+def test_stage1_loss_regression_by_name_or_callable_and_no_positives(gen):
     pred, target = torch.randn(4, generator=gen), torch.randn(4, generator=gen)
     z = torch.randn(4, 3, generator=gen, requires_grad=True)
-    out = stage1_objective(pred, target, z, target, margin=0.0, lam=1.0, regression="l1")
+    out = stage1_loss(pred, target, z, target, margin=0.0, lam=1.0, regression="l1")
     assert out["n_anchors_with_positive"] == 0 and out["supcon"].item() == 0.0
     assert out["loss"].item() == pytest.approx(l1_loss(pred, target).item())
     fn = regression_loss("smape_r2", label_mean=-5.0, label_std=3.0)
-    out = stage1_objective(pred, target, z, target, margin=0.0, lam=1.0, regression=fn)
+    out = stage1_loss(pred, target, z, target, margin=0.0, lam=1.0, regression=fn)
     assert out["regression"].item() == pytest.approx(fn(pred, target).item())
     with pytest.raises(ValueError):
-        stage1_objective(pred, target, z, target, margin=0.4, lam=-1.0)
+        stage1_loss(pred, target, z, target, margin=0.4, lam=-1.0)
     with pytest.raises(ValueError):
-        stage1_objective(pred, target, z, target, margin=0.4, lam=1.0, regression="huber")
+        stage1_loss(pred, target, z, target, margin=0.4, lam=1.0, regression="huber")

@@ -86,7 +86,7 @@ def test_non_finite_loss_names_the_step_and_the_samples():
         fit(data, TrainConfig(epochs=1, batch_size=400, augment=False), progress=False)
 
 
-def test_stage1_objective_adds_the_contrastive_term(dataset):
+def test_stage1_loss_adds_the_contrastive_term(dataset):
     config = TrainConfig(modalities=("oct",), epochs=1, batch_size=8, encoder=TINY, contrastive=True,
                          margin_m0=0.5, margin_warmup=2, margin_beta=0.1)
     result = fit(dataset, config, progress=False)
