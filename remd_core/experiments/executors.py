@@ -11,7 +11,10 @@ engine from a laptop to a cluster, so that the workbench has no scheduler of its
   TLS (``distributed.security.Security``); a plain ``tcp://`` address off this machine is warned about.
 - ``slurm="gpu"`` (a profile ``clusters/<name>.yaml`` or a path): a ``dask_jobqueue.SLURMCluster``
   whose jobs each run one worker of one cell at a time; scheduler and workers talk over TLS with
-  temporary certificates, written for the workers to a folder on the shared file system.
+  temporary certificates, written for the workers to a folder on the shared file system. The cluster
+  keeps ``jobs`` jobs (``adapt`` with that minimum and maximum): a job that ends (``scancel``, its
+  walltime, a node lost) is submitted again once the scheduler has missed its worker for
+  ``distributed.deploy.lost-worker-timeout`` (15 s), and its cell resumes on the new worker.
 
 Cells that need a GPU (``gpu=True``) ask for the resource ``GPU=1``; workers that have one advertise
 it (the embedded cluster: one worker per visible GPU, each pinned to its own device; Slurm: every job
@@ -71,8 +74,9 @@ class SlurmProfile:
     """A Slurm cluster for the sweep's cells (``clusters/*.yaml``). ``jobs`` workers, each a Slurm
     job of ``cores`` CPUs, ``gpus`` GPUs and ``memory``, for ``walltime``; ``shared_dir`` is a folder
     that the submitting machine and the compute nodes both see (the workers' TLS certificates go
-    there); ``python`` the interpreter on the nodes; ``interface`` the network interface the
-    scheduler listens on (the nodes must reach it)."""
+    there); ``python`` the interpreter on the nodes (``None``: the one that runs ``remd``, for nodes
+    that share this machine's file system); ``interface`` the network interface the scheduler and
+    workers listen on (the nodes must reach it)."""
 
     partition: str
     jobs: int = 1
@@ -82,7 +86,7 @@ class SlurmProfile:
     walltime: str = "04:00:00"
     account: str | None = None
     shared_dir: str = "~/.remd/dask"
-    python: str = "python"
+    python: str | None = "python"
     interface: str | None = None
     job_extra: list[str] = field(default_factory=list)
 
@@ -265,9 +269,11 @@ def open_dask(workers: int | None = None, scheduler: str | None = None, slurm: s
             if gpu and not profile.gpus:
                 raise ConfigError(f"these cells need a GPU and the Slurm profile {slurm!r} asks for none (gpus: 0)")
             cluster = slurm_cluster(profile)
-            cluster.scale(jobs=profile.jobs)
-            log(f"Dask: Slurm cluster of {profile.jobs} job(s) on partition {profile.partition} "
-                f"({profile.cores} cores, {profile.gpus} GPU(s), {profile.memory}, {profile.walltime}); "
+            # adapt, not scale: scale submits the jobs once, and a job that ends (scancel, walltime) is never
+            # replaced; Adaptive notices the lost worker and submits a job in its place (see the docstring)
+            cluster.adapt(minimum_jobs=profile.jobs, maximum_jobs=profile.jobs)
+            log(f"Dask: Slurm cluster of {profile.jobs} job(s) on partition {profile.partition}, each replaced when it "
+                f"ends ({profile.cores} cores, {profile.gpus} GPU(s), {profile.memory}, {profile.walltime}); "
                 f"scheduler {cluster.scheduler_address}, dashboard {cluster.dashboard_link}")
             return DaskExecutor(Client(cluster, security=cluster.security), cluster, gpu,
                                 f"Slurm partition {profile.partition}")
