@@ -12,6 +12,7 @@ MONAI, which is imported only when one of them is chosen).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from torch import nn
 
@@ -25,7 +26,11 @@ OCT_ENCODERS = ("shared2d", "channels", "3d", "egvfi", "sf3d")
 
 @dataclass
 class EncoderConfig:
-    """Backbone settings shared by the image encoders; ``mlp_hidden`` for vector modalities."""
+    """Backbone settings shared by the image encoders; ``mlp_hidden`` for vector modalities.
+    ``weights``: pretrained weights from a local file (``models.pretrained``; never downloaded): one
+    path (a torchvision ImageNet ResNet-18/34 for the 2-D ResNets, a MedicalNet ResNet for the
+    ``3d`` and ``sf3d`` OCT encoders) loaded into every image and volume encoder, or
+    ``{modality: path}``; needs ``width=1.0``. ``None``: random initial weights."""
 
     arch: str = "resnet18"
     width: float = 0.25
@@ -33,10 +38,20 @@ class EncoderConfig:
     oct_encoder: str = "shared2d"
     bscan_pool: str = "mean"
     mlp_hidden: int = 64
+    weights: str | dict | None = None
 
     def __post_init__(self):
         if self.oct_encoder not in OCT_ENCODERS:
             raise ValueError(f"oct_encoder must be one of {OCT_ENCODERS}, got {self.oct_encoder!r}")
+        if isinstance(self.weights, PurePath):
+            self.weights = str(self.weights)
+        if isinstance(self.weights, dict):
+            self.weights = {str(k): str(v) for k, v in self.weights.items()}
+        elif self.weights is not None and not isinstance(self.weights, str):
+            raise ValueError(f"weights must be a path or {{modality: path}}, got {self.weights!r}")
+        if self.weights and self.width != 1.0:
+            raise ValueError(f"pretrained weights (weights={self.weights!r}) need width=1.0, the published channel "
+                             f"counts; got width={self.width}")
 
 
 class ImageEncoder(nn.Module):

@@ -18,6 +18,7 @@ from ..losses.regression import regression_loss
 from ..models import MultimodalRegressor
 from ..models.evidential_regressor import EVIDENTIAL_HEADS, EvidentialRegressor
 from ..models.multi_expert import MultiExpertRegressor
+from ..models.pretrained import load_pretrained
 from ..models.rima import RIMARegressor
 from ..models.simmlm import SimMLMRegressor
 from .checkpoint import load_encoders
@@ -59,13 +60,15 @@ HEADS: dict[str, Head] = {
 def build_model(dataset, config, device: torch.device | None = None):
     """The model ``fit`` trains: ``config.modalities`` (None: every modality of ``dataset``) with
     ``config.encoder`` and ``config.head``, initial weights drawn from torch's global generator (seed it first) in the
-    parameter dtype, on ``device`` (default: ``config.device``), stage-1 encoders loaded from
-    ``config.init_encoders``, channels-last where ``config.channels_last`` asks for it (None: on
-    CUDA), encoders compiled when ``config.compile``."""
+    parameter dtype, pretrained encoder weights loaded from ``config.encoder.weights`` (a local
+    torchvision or MedicalNet file, ``models.pretrained``), on ``device`` (default: ``config.device``),
+    stage-1 encoders loaded from ``config.init_encoders`` (over the pretrained ones), channels-last
+    where ``config.channels_last`` asks for it (None: on CUDA), encoders compiled when ``config.compile``."""
     device = resolve_device(config.device) if device is None else device
     modalities = config.modalities or dataset.spec.modality_names
     with default_dtype(config.parameter_dtype()):  # initial weights drawn in float64 too (float32 draws differ
         model = HEADS[config.head].model(dataset, modalities, config)  # between processors)
+    load_pretrained(model, config.encoder, dataset.spec.modality_names)  # a local file; init_encoders below win
     model = model.to(device)
     load_encoders(model, config.init_encoders)
     if config.channels_last if config.channels_last is not None else device.type == "cuda":
