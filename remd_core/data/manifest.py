@@ -1,8 +1,9 @@
 """Loader for in-house data described by a manifest: one CSV or parquet row per eye.
 
 ``load("manifest", path="eyes.csv")`` (or a catalog entry with ``loader: manifest`` and a ``path``
-parameter). Columns (names case-insensitive; other columns are ignored and listed in
-``dataset.notes["ignored_columns"]``):
+parameter). Columns (names case-insensitive; other columns are not model inputs: they are listed in
+``dataset.notes["ignored_columns"]`` and kept as text in ``dataset.notes["attributes"]``, one row
+per eye by id, for results by patient group, ``evaluation.groups``):
 
 ``id``       required, kept as a string ("0201" keeps its zero).
 ``md``       required: the label, MD in dB (``label="mtd"`` reads another column); must be a number
@@ -114,8 +115,10 @@ def build(config: Config, name: str = "manifest") -> MultimodalDataset:
     dataset = finish(decoded, spec, config, ids, present, tabular_tensor(age, male, side), y, stage_from_md(y),
                      predefined=predefined, source=str(path))
     known = {"id", label, "split", "age", "sex", "eye", "fundus", "oct"}
+    extra = [c for c in table.columns if c not in known]
+    attributes = table[extra].set_axis(pd.Index(ids, name="id")).replace("", np.nan) if extra else None
     dataset.notes.update(manifest=str(path), split="manifest" if predefined is not None else "stratified",
-                         ignored_columns=[c for c in table.columns if c not in known],
+                         ignored_columns=extra, attributes=attributes,
                          absent={m: [i for i, p in zip(ids, present[:, j]) if not p]
                                  for j, m in enumerate(spec.modality_names)})
     return dataset

@@ -9,7 +9,9 @@ finished work, and refuses finished cells of other training settings. A cell bei
 checkpoints in its folder (stage 1 inside its cache, ``recipes.stage1``), so a rerun continues it from
 its last checkpoint; the checkpoints are removed once the cell's result is written. ``results.csv``
 holds one row per (recipe, model, seed); ``summary.csv`` the mean and standard deviation over seeds of
-every metric, overall and per region.
+every metric, overall and per region; where the data set carries patient attributes (FairVision's race,
+gender, ethnicity), ``patient_groups.csv`` and ``equity.csv`` the results per group
+(``patient_groups``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..files import atomic_path
 from ..training import TrainConfig
 from .engine import run_grid
 from .grid import Grid, SubGrid
+from .patient_groups import results_by_group
 from .recipes import recipes_for, run_recipe
 from .results import ResultStore, summarize
 
@@ -80,4 +83,6 @@ def compare(dataset: MultimodalDataset, recipes: list[str] | None, seeds: list[i
                           whole_folder=False, predictions=True, progress=False)
     with atomic_path(folder / "summary.csv") as tmp:
         summarize(results).to_csv(tmp)
+    if not results.empty:  # per patient group, where the data set carries attributes (patient_groups)
+        results_by_group(folder, dataset, keys=list(results["cell"].unique()))
     return results
