@@ -120,7 +120,8 @@ def slurm_cluster(profile: SlurmProfile):
         job_extra_directives=[*([f"--gres=gpu:{profile.gpus}"] if profile.gpus else []), *profile.job_extra],
         worker_extra_args=["--resources", f"GPU={profile.gpus}"] if profile.gpus else [],
         job_script_prologue=[f"export OMP_NUM_THREADS={profile.cores} MKL_NUM_THREADS={profile.cores}"],
-        security=Security.temporary(), shared_temp_directory=str(shared))
+        security=Security.temporary(), shared_temp_directory=str(shared),
+        scheduler_options={"dashboard_address": "127.0.0.1:0"})  # the dashboard for this machine only (tunnel to see it)
 
 
 def tls_security(tls: dict | None = None):
