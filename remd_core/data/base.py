@@ -43,7 +43,9 @@ def assemble(spec: DatasetSpec, config: SplitConfig, ids, modalities: dict[str, 
     empty = [k for k, v in predefined.items() if len(v) == 0]
     if empty:
         raise DataError(f"{source or spec.name}: split(s) {empty} are empty after filtering")
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in modalities.items()}
+    # arrays, or rows read per split when indexed (``streaming.StoredRows``: one copy from the store)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, (np.ndarray, torch.Tensor, list)) else v
+               for k, v in modalities.items()}
     present_t = torch.as_tensor(present, dtype=torch.bool)
     y_t = torch.as_tensor(y, dtype=torch.float32)
     stage_t = torch.as_tensor(stage, dtype=torch.int64)

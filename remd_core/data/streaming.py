@@ -229,8 +229,24 @@ def decode_eyes(options: StoreOptions, loader: str, settings: dict, shapes: dict
     store = DecodedStore.open(loader, settings, shapes, options.store_dir)
     entries = store.sync(jobs, decode, options.workers, desc=f"{name}: decoding eyes")
     slots = np.array([e.slot for e in entries], dtype=np.int64)
-    arrays = None if options.lazy else {m: store.read(m, slots) for m in shapes}
+    arrays = None if options.lazy else {m: StoredRows(store, m, slots) for m in shapes}
     return Decoded([e.info for e in entries], arrays, store, slots)
+
+
+class StoredRows:
+    """The rows of one modality of the store, read only when ``assemble`` indexes them: ``rows[idx]``
+    reads the rows of eyes ``idx`` straight into one new array, in that order. An in-memory load
+    then copies each eye once (store -> its split) instead of twice (store -> all eyes -> split),
+    which was 3.1 of the 3.7 s of a cached 1,000-eye load at the gpu profile's size."""
+
+    def __init__(self, store: DecodedStore, modality: str, slots: np.ndarray):
+        self.store, self.modality, self.slots = store, modality, slots
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return torch.from_numpy(self.store.read(self.modality, self.slots[np.asarray(index, dtype=np.int64)]))
 
 
 def finish(decoded: Decoded, spec: DatasetSpec, config, ids, present, tabular, y, stage, predefined=None,
