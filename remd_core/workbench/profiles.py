@@ -167,6 +167,21 @@ class Scale:
 
         return scale_label(self.params())
 
+    def dataset(self, name: str, seed: int = 0, **knobs):
+        """Catalog entry ``name`` at this scale (``setup.load_dataset``: its eyes, image size and B-scans;
+        ``knobs``: the synthetic generator's mechanism settings)."""
+        from .setup import load_dataset
+
+        return load_dataset(name, self.n_eyes, self.image_size, self.n_bscans, seed=seed, **knobs)
+
+    def train_config(self, seed: int = 0, **settings):
+        """The training settings at this scale (``setup.train_config``: its epochs, backbone, training
+        preset and precision), with the notebook's own ``settings`` (``batch_size=...``)."""
+        from .setup import train_config
+
+        return train_config(self.epochs, self.arch, self.width, seed=seed, training=self.training or "workbench",
+                            precision=self.precision or "auto", **settings)
+
     def replace(self, **changes) -> "Scale":
         """A copy with ``changes`` (``epochs=30``); an unknown name is an error."""
         from ..config import replace

@@ -20,7 +20,7 @@ import pandas as pd
 from .. import data
 from ..config import ConfigError
 from ..models import EncoderConfig
-from .profiles import fill_defaults, profile_values
+from .profiles import Scale, fill_defaults, profile_values
 from ..paths import display_path
 from .record import run_folder
 from ..training import TrainConfig, preset_config
@@ -36,7 +36,8 @@ def resolve_profile(name: str = "") -> str:
 
 def setup(namespace: dict) -> pd.Series:
     """Fill the notebook's ``None`` parameters from its profile or the library defaults, in ``namespace`` (the notebook's
-    ``globals()``); set ``PROFILE`` and ``RUN_DIR`` (empty: ``outputs/interactive``); make plotly
+    ``globals()``); set ``PROFILE``, ``RUN_DIR`` (empty: ``outputs/interactive``) and ``scale`` (a
+    ``profiles.Scale``: what the notebook hands on instead of its scale parameters); make plotly
     figures travel as JSON (no copy of plotly.js inside every notebook). Returns the effective
     parameters, which the notebook displays so every result states the scale that produced it."""
     profile = resolve_profile(namespace.get("PROFILE", ""))
@@ -44,6 +45,7 @@ def setup(namespace: dict) -> pd.Series:
     params = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
     namespace.update(fill_defaults(params, profile))
     namespace["RUN_DIR"] = str(run_folder(namespace.get("RUN_DIR", "")))
+    namespace["scale"] = Scale.of(namespace)  # what the notebook hands on: scale.dataset(...), scale.train_config(...)
 
     with warnings.catch_warnings():  # kaleido 0.2.1 sets options plotly 6 deprecates (see pyproject.toml)
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -50,3 +50,21 @@ def test_a_notebook_scale_is_read_from_its_namespace_after_setup(tmp_path, monke
     assert scale.overrides() == {"IMAGE_SIZE": 32, "N_BSCANS": 2, "EPOCHS": 3, "ARCH": "resnet18", "WIDTH": 0.125,
                                  "PRECISION": "float64", "TRAINING": "workbench"}
     assert scale.label() == scale_label(namespace)
+
+
+def test_setup_hands_the_notebook_a_scale_that_builds_its_data_and_training(tmp_path, monkeypatch):
+    from remd_core.workbench.setup import load_dataset, train_config
+
+    monkeypatch.setenv("REMD_OUTPUTS", str(tmp_path))
+    namespace = {"PROFILE": "smoke", "SEED": 2, "N_EYES": None, "IMAGE_SIZE": None, "N_BSCANS": None, "EPOCHS": None,
+                 "ARCH": None, "WIDTH": None, "PRECISION": None, "TRAINING": None, "RUN_DIR": ""}
+    setup(namespace)
+    scale = namespace["scale"]
+    assert scale == Scale.of(namespace)
+    by_hand = train_config(namespace["EPOCHS"], namespace["ARCH"], namespace["WIDTH"], seed=2,
+                           training=namespace["TRAINING"], precision=namespace["PRECISION"], batch_size=8)
+    assert scale.train_config(seed=2, batch_size=8) == by_hand
+    data = scale.dataset("synthetic-stage2")
+    assert len(data.train) + len(data.val) + len(data.test) == namespace["N_EYES"]
+    again = load_dataset("synthetic-stage2", namespace["N_EYES"], namespace["IMAGE_SIZE"], namespace["N_BSCANS"])
+    assert data.train.ids == again.train.ids and data.test.ids == again.test.ids
