@@ -13,7 +13,7 @@ NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_s
 # other CPU kernel paths than this machine's: the checked outputs must not move (smoke = float64)
 KERNEL_SETTINGS := ATEN_CPU_CAPABILITY=default ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=SSE41 OMP_NUM_THREADS=2
 
-.PHONY: install run test test-fast test-kernels notebooks lab bench-data bench bench-cell clean-cache
+.PHONY: install run test test-fast test-kernels notebooks lab bench-data bench bench-cell gpu-check gpu-wheels clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -61,6 +61,21 @@ bench: install
 # where a testbed cell's seconds go, in-process and through the sweep, at each scale (docs/performance.md)
 bench-cell: install
 	$(PY) benchmarks/bench_cell.py --scales smoke,reduced,cpu8,testbed
+
+# the first minutes on a GPU machine (docs/install.md, GPU section): the CUDA tests, the step benchmark and both
+# stages of re-m3dr at the paper's scale, one report in $OUT or outputs/gpu-check, within 5.5 minutes; refuses
+# (status 2) where there is no CUDA GPU. No venv there: the GPU machine's python3 holds CUDA torch, and the
+# packages it lacks travel as wheels (gpu-wheels, run here) in outputs/gpu-wheels
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-wheels: install
+	rm -rf outputs/gpu-wheels
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d outputs/gpu-wheels -r benchmarks/gpucheck/wheels.txt 2>&1 | $(PIP_FILTER)
+	@du -sh outputs/gpu-wheels
 
 clean-cache:
 	rm -rf outputs/cache
