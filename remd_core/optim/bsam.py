@@ -80,6 +80,7 @@ import torch
 from torch import Tensor
 
 from ..data.labels import LabelBins, Regions
+from .imbsam import recorded_outputs
 from .sam import perturbed, sam_perturbation, trainable
 from .strategy import Strategy, assign_grads, frozen_batchnorm_stats
 
@@ -193,20 +194,10 @@ class BSAM(Strategy):
 
     @contextlib.contextmanager
     def _recording(self):
-        self._outputs = []
-
-        def hook(module, args, out):
-            unknown = sorted(set(out) - set(WEIGHTED_OUTPUTS) - set(READ_ONLY_OUTPUTS))
-            if unknown:
-                raise ValueError(f"{self.name}: the model's outputs {unknown} may carry the losses too; BSAM "
-                                 f"re-weights the samples only through {list(WEIGHTED_OUTPUTS)}")
-            self._outputs = [out["fused"], *out.get("unimodal", {}).values()]
-
-        handle = self.model.register_forward_hook(hook)
-        try:
+        with recorded_outputs(self.model, self.name, WEIGHTED_OUTPUTS + READ_ONLY_OUTPUTS,
+                              f"BSAM re-weights the samples only through {list(WEIGHTED_OUTPUTS)}") as outputs:
+            self._outputs = outputs
             yield
-        finally:
-            handle.remove()
 
     def _objective(self, losses):
         cfg = self.config

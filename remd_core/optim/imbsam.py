@@ -133,6 +133,26 @@ def split_gradients(outputs: list[Tensor], objective: Tensor, params: list, mask
     return out
 
 
+@contextlib.contextmanager
+def recorded_outputs(model, name: str, reads, why: str):
+    """Record the per-sample outputs the losses read (``fused``, then every ``unimodal`` head) of each
+    forward pass of ``model`` inside the block, into the list it yields; an output outside ``reads`` is
+    refused, since the loss may depend on it too (``why`` says what the strategy can split)."""
+    outputs: list[Tensor] = []
+
+    def hook(module, args, out):
+        unknown = sorted(set(out) - set(reads))
+        if unknown:
+            raise ValueError(f"{name}: the model's outputs {unknown} may carry the losses too; {why}")
+        outputs[:] = [out["fused"], *out.get("unimodal", {}).values()]
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
 def add_grads(a, b):
     return [x if y is None else y if x is None else x + y for x, y in zip(a, b)]
 
@@ -182,20 +202,10 @@ class HeadTailSAM(Strategy):
 
     @contextlib.contextmanager
     def _recording(self):
-        self._outputs = []
-
-        def hook(module, args, out):
-            unknown = sorted(set(out) - SPLIT_OUTPUTS - {"features", "projections"})
-            if unknown:
-                raise ValueError(f"{self.name}: the model's outputs {unknown} may carry the losses too; the head/tail "
-                                 f"split back-propagates only through {sorted(SPLIT_OUTPUTS)}")
-            self._outputs = [out["fused"], *out.get("unimodal", {}).values()]
-
-        handle = self.model.register_forward_hook(hook)
-        try:
+        with recorded_outputs(self.model, self.name, SPLIT_OUTPUTS | {"features", "projections"},
+                              f"the head/tail split back-propagates only through {sorted(SPLIT_OUTPUTS)}") as outputs:
+            self._outputs = outputs
             yield
-        finally:
-            handle.remove()
 
     def _objective(self, losses):
         return losses.fused + self.config.unimodal_weight * losses.unimodal_sum() if losses.unimodal else losses.fused
