@@ -22,7 +22,16 @@ A recipe is at most two stages. Stage-1 encoders are trained once per (data set,
 kind, training settings, modality) and reused by every recipe that starts from them (kept under the run
 folder's ``stage1/``); a file lock makes the cache safe to share between parallel workers (``remd
 sweep``). ``run_recipe`` returns one result row per evaluated model, with test metrics overall and
-per region (many / medium / few MD bins of ``metrics.region_labels``).
+per region (many / medium / few MD bins of ``metrics.region_labels``), and for a fused model each
+modality's Shapley value on the test split and its share (``shapley_<m>``, ``share_<m>``,
+``shapley_empty``: ``diagnosis.contribution``).
+
+Every fit a recipe runs writes TensorBoard scalars (``training.board``): stage 2 (or a one-stage
+recipe) to ``<workdir>/tensorboard/<recipe>-seed<k>-<hash>`` (``board_folder``: the hash of the data
+and training settings keeps apart runs of one recipe and seed in one work folder, such as the
+missing-modality study's training rates) unless told another folder (``log_dir``; the sweep's cells
+pass their own folder's ``tensorboard/``), a stage-1 encoder beside itself in the cache
+(``stage1/<key>/tensorboard/<modality>``); ``remd board RUN`` shows a run folder's.
 """
 
 from __future__ import annotations
@@ -212,14 +221,15 @@ def stage_record(encoder: str | Path, row: dict) -> StageRecord | None:
 
 @timed("stage1")
 def stage1(dataset: MultimodalDataset, base: TrainConfig, kind: str, folder: Path,
-           progress: bool = True, checkpoint_every: int = 0, modalities: tuple[str, ...] | None = None
-           ) -> tuple[dict[str, str], list[dict]]:
+           progress: bool = True, checkpoint_every: int = 0, modalities: tuple[str, ...] | None = None,
+           board: bool = True) -> tuple[dict[str, str], list[dict]]:
     """Train (or reuse) one encoder per modality (``modalities``; None: every modality of the data
     set), contrastive unless ``kind == "plain"``; returns encoder paths and result rows. Each model's
     training curves are kept beside it (``<modality>.history.csv``, ``.epochs.csv``; ``stage_record``).
     Training checkpoints go to ``<key>/checkpoints/<modality>``, so an interrupted stage 1 continues
     where it stopped; they are removed once the encoder is saved. A corrupt encoder or result file is
-    reported and that encoder is trained again."""
+    reported and that encoder is trained again. ``board``: each training writes TensorBoard scalars to
+    ``<key>/tensorboard/<modality>``."""
     config = stage1_config(base, kind)
     out = Path(folder) / _stage1_key(dataset, config, kind)
     paths, rows = {}, []
@@ -231,7 +241,8 @@ def stage1(dataset: MultimodalDataset, base: TrainConfig, kind: str, folder: Pat
                 marker.unlink(missing_ok=True)
                 checkpoints = out / "checkpoints" / modality
                 result = fit(dataset, replace(config, modalities=(modality,)), progress=progress,
-                             checkpoint_dir=checkpoints, resume=True, checkpoint_every=checkpoint_every)
+                             checkpoint_dir=checkpoints, resume=True, checkpoint_every=checkpoint_every,
+                             log_dir=out / "tensorboard" / modality if board else None)
                 save_encoders(result.model, out)
                 with atomic_path(out / f"{modality}.history.csv") as tmp:
                     result.history.to_csv(tmp, index=False)
@@ -260,16 +271,31 @@ def stage2_options(r: Recipe, overrides: dict[str, dict] | None = None) -> dict:
     return {**dict(r.options), **overrides.get(r.strategy, {})} if r.strategy else {}
 
 
+BOARD = "auto"
+"""``run_recipe``'s default ``log_dir``: ``board_folder``."""
+
+
+def board_folder(workdir: str | Path, name: str, dataset: MultimodalDataset, config: TrainConfig) -> Path:
+    """``<workdir>/tensorboard/<recipe>-seed<k>-<hash>``: the TensorBoard folder of recipe ``name``'s
+    last stage trained with ``config`` on ``dataset``; the hash (of the data's settings, its drawn
+    missing modalities' settings and the training settings) keeps different settings apart."""
+    settings = json.dumps({"data": asdict(dataset.config), "missing": dataset.notes.get("missing", {}).get("config"),
+                           "train": asdict(config)}, sort_keys=True, default=str)
+    return Path(workdir) / "tensorboard" / f"{name}-seed{config.seed}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
+
+
 def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir: Path,
                progress: bool = True, strategy_options: dict[str, dict] | None = None,
-               checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0
-               ) -> tuple[list[dict], FitResult | StageRecord | None]:
+               checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0,
+               log_dir: str | Path | None = BOARD) -> tuple[list[dict], FitResult | StageRecord | None]:
     """Run recipe ``name`` with the training settings of ``base`` (epochs, seed, encoder, ...).
     ``strategy_options`` maps a strategy name to option overrides (``{"sgm": {"gamma_base": 3}}``),
     applied only when the recipe's stage 2 uses that strategy (``stage2_options``).
     ``checkpoint_dir``: stage 2 checkpoints there (at epoch ends, and every ``checkpoint_every``
     steps when > 0) and resumes from a checkpoint it finds (stage 1 always checkpoints inside its
     cache); the caller removes it once the result is recorded.
+    ``log_dir``: the folder of the last stage's TensorBoard scalars (``BOARD``: ``board_folder``; None:
+    no scalars, stage 1's included).
     Returns the result rows and the last stage's ``FitResult``; for a model reported from stage 1, its
     ``StageRecord`` (``unimodal-<m>``) or ``None`` (``am-only``, which reports every modality)."""
     r = recipe(name)
@@ -281,7 +307,7 @@ def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir
     init = {}
     if r.stage1:
         init, stage1_rows = stage1(dataset, base, r.stage1, Path(workdir) / "stage1", progress, checkpoint_every,
-                                   modalities=(r.modality,) if r.modality else None)
+                                   modalities=(r.modality,) if r.modality else None, board=log_dir is not None)
         if r.strategy is None:
             record = stage_record(init[r.modality], stage1_rows[0]) if r.modality else None  # one modality, one row
             return [{**row, "recipe": name} for row in stage1_rows], record
@@ -293,14 +319,17 @@ def run_recipe(name: str, dataset: MultimodalDataset, base: TrainConfig, workdir
                      contrastive_loss=r.regulariser or base.contrastive_loss, **own_loss, **dict(r.settings),
                      encoder=replace(base.encoder, **dict(r.encoder)))
     with phase("stage2"):
+        if log_dir == BOARD:
+            log_dir = board_folder(workdir, name, dataset, config)
         result = fit(dataset, config, progress=progress, checkpoint_dir=checkpoint_dir,
-                     resume=checkpoint_dir is not None, checkpoint_every=checkpoint_every)
+                     resume=checkpoint_dir is not None, checkpoint_every=checkpoint_every, log_dir=log_dir)
     model = r.modality or "fusion"
     return [{**result_row(result, model=model), "recipe": name}], result
 
 
 def result_row(result: FitResult, model: str) -> dict:
-    """Test metrics overall and per region, plus what produced them."""
+    """Test metrics overall and per region, each modality's Shapley value on the test split and its
+    share (a fused model's: ``shapley_<m>``, ``share_<m>``, ``shapley_empty``), plus what produced them."""
     row = {"model": model, "seed": result.config.seed, "epochs": result.config.epochs, "best_epoch": result.best_epoch,
            "seconds": round(result.seconds, 1)}
     row.update({f"test_{k}": v for k, v in result.metrics["test"].items()})
@@ -308,6 +337,7 @@ def result_row(result: FitResult, model: str) -> dict:
     for region, values in result.regions.drop(index="all").iterrows():
         for metric in ("n", "mse", "mae"):
             row[f"{region}_{metric}"] = values[metric]
+    row.update(result.contributions.get("test", {}))
     row["test_predictions"] = np.asarray(result.predictions["test"]).round(4).tolist()
     if "test" in result.intervals:
         row["test_intervals"] = np.asarray(result.intervals["test"]).round(4).tolist()

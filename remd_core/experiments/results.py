@@ -28,6 +28,8 @@ TABLE_METRICS = ("profile", "epochs", "model", "test_r2", "test_mse", "test_mae"
                  "many_mae", "medium_mse", "medium_mae", "few_mse", "few_mae", "val_r2", "best_epoch", "seconds")
 SUMMARY_METRICS = ("test_r2", "test_mse", "test_mae", "test_stage_score", "many_mse", "medium_mse", "few_mse",
                    "many_mae", "medium_mae", "few_mae", "test_coverage", "test_interval_width")
+CONTRIBUTION_PREFIXES = ("shapley_", "share_")
+"""Columns of a fused model's modality contributions (``diagnosis.contribution``), summarised as metrics."""
 CONSTANT_IN_SUMMARY = ("dataset", "profile", "epochs")
 META_KEYS = ("key", "swept", "settings", "groups", "index")
 
@@ -143,17 +145,18 @@ def collect(folder: str | Path, keys: list[str] | None = None, predictions: bool
 
 
 def summarize(table: pd.DataFrame, by: tuple[str, ...] = ("recipe", "model")) -> pd.DataFrame:
-    """Mean and SD over seeds of each metric per ``by`` group (groups in order of first appearance),
-    and the ``seeds`` count. Refuses to average rows that differ in a swept parameter (an UPPER_CASE
-    column), the data set, the profile or the epochs: add that column to ``by`` or filter the table
-    first (e.g. ``table[table.groups.str.contains("table1")]``)."""
+    """Mean and SD over seeds of each metric (and of each modality contribution column, ``shapley_<m>``
+    and ``share_<m>``) per ``by`` group (groups in order of first appearance), and the ``seeds`` count.
+    Refuses to average rows that differ in a swept parameter (an UPPER_CASE column), the data set, the
+    profile or the epochs: add that column to ``by`` or filter the table first (e.g.
+    ``table[table.groups.str.contains("table1")]``)."""
     by = list(by)
     grouped = table.groupby(by, sort=False, dropna=False)
     varying = [c for c in table if (c.isupper() or c in CONSTANT_IN_SUMMARY) and c not in by
                and (grouped[c].nunique(dropna=False) > 1).any()]
     if varying:
         raise ValueError(f"rows of one {tuple(by)} group differ in {varying}; add them to `by` or select rows first")
-    metrics = [m for m in SUMMARY_METRICS if m in table]
+    metrics = [m for m in SUMMARY_METRICS if m in table] + [c for c in table if c.startswith(CONTRIBUTION_PREFIXES)]
     summary = grouped[metrics].agg(["mean", "std"])
     summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
     summary.insert(0, "seeds", grouped.size())

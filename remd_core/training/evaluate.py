@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import torch
 from ..data.format import MultimodalDataset, MultimodalSplit
 from ..data.labels import region_labels
 from ..data.transforms import prepare_inputs
+from ..diagnosis.contribution import modality_contributions, recorded_features
 from ..evaluation import metrics
 from ..models import MultimodalRegressor
 from ..models.evidential import predictive_interval
@@ -34,11 +36,14 @@ class FitResult:
     label_std: float
     seconds: float
     config: TrainConfig
+    contributions: dict[str, dict] = field(default_factory=dict)  # split -> each modality's Shapley value and
+    # share (``diagnosis.contribution.modality_contributions``); empty for a single-modality model
 
     def summary(self) -> dict:
         return {"modalities": "+".join(self.model.modalities), "best_epoch": self.best_epoch,
                 "seconds": round(self.seconds, 1),
-                **{f"{split}_{k}": v for split, m in self.metrics.items() for k, v in m.items()}}
+                **{f"{split}_{k}": v for split, m in self.metrics.items() for k, v in m.items()},
+                **{f"{split}_{k}": v for split, c in self.contributions.items() for k, v in c.items()}}
 
 
 def _outputs(model, split: MultimodalSplit, kinds: dict[str, str], batch_size: int, device):
@@ -73,11 +78,16 @@ def predict_intervals(model, split: MultimodalSplit, kinds: dict[str, str], labe
     return torch.cat(parts).numpy()
 
 
-def final_report(model, dataset: MultimodalDataset, config: TrainConfig, mean: float, std: float, device):
-    """The selected model's predictions, intervals and metrics on the validation and test splits, and
-    its test errors per MD region of the training labels."""
+def final_report(model, dataset: MultimodalDataset, config: TrainConfig, mean: float, std: float, device,
+                 contributions: bool = False):
+    """The selected model's predictions, intervals and metrics on the validation and test splits, its
+    test errors per MD region of the training labels, and with ``contributions`` each modality's
+    Shapley value and share on the test split (``{"test": ...}``, from the encoders' features of the
+    test prediction: ``diagnosis.contribution``; else ``{}``)."""
     kinds = dataset.spec.kinds
-    predictions = {s: predict(model, dataset[s], kinds, mean, std, config.eval_batch_size, device) for s in ("val", "test")}
+    predictions = {"val": predict(model, dataset.val, kinds, mean, std, config.eval_batch_size, device)}
+    with recorded_features(model) if contributions else nullcontext() as features:
+        predictions["test"] = predict(model, dataset.test, kinds, mean, std, config.eval_batch_size, device)
     intervals = {s: predict_intervals(model, dataset[s], kinds, mean, std, config.eval_batch_size, device)
                  for s in ("val", "test")}
     intervals = {s: i for s, i in intervals.items() if i is not None}
@@ -86,4 +96,6 @@ def final_report(model, dataset: MultimodalDataset, config: TrainConfig, mean: f
                for s, p in predictions.items()}
     regions = region_labels(dataset.train.y.numpy())
     region_table = metrics.per_region_report(dataset.test.y.numpy(), predictions["test"], regions)
-    return predictions, intervals, results, region_table
+    shapley = {"test": modality_contributions(model, dataset.test, kinds, mean, std, config.eval_batch_size, device,
+                                              full=predictions["test"], features=features)} if contributions else {}
+    return predictions, intervals, results, region_table, shapley

@@ -50,7 +50,9 @@ def cell_dataset(p: Mapping) -> MultimodalDataset:
 
 
 def cell_training(p: Mapping, dataset: MultimodalDataset, progress: bool = False):
-    """Train the cell's recipe (``recipes.run_recipe``) at its settings; returns its rows and result."""
+    """Train the cell's recipe (``recipes.run_recipe``) at its settings; returns its rows and result.
+    Its TensorBoard scalars go to the cell's folder, ``<RUN_DIR>/tensorboard`` (stage 1's to the
+    shared stage-1 cache, beside its encoders)."""
     from ..experiments.recipes import run_recipe
     from .setup import train_config
 
@@ -62,7 +64,7 @@ def cell_training(p: Mapping, dataset: MultimodalDataset, progress: bool = False
     checkpoints = f"{p['RUN_DIR']}/checkpoints" if p["WORK_DIR"] else None  # in a sweep: resumable inside the cell
     return run_recipe(p["RECIPE"], dataset, config, p["WORK_DIR"] or p["RUN_DIR"], progress=progress,
                       strategy_options={"sgm": sgm}, checkpoint_dir=checkpoints,
-                      checkpoint_every=p["CHECKPOINT_EVERY"])
+                      checkpoint_every=p["CHECKPOINT_EVERY"], log_dir=Path(p["RUN_DIR"]) / "tensorboard")
 
 
 def write_curves(result, run_dir: str | Path) -> None:
