@@ -219,6 +219,8 @@ def _fingerprint(dataset: MultimodalDataset, config: TrainConfig) -> dict:
     settings = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     if not config.probe_every:  # no probe: the fingerprint of a run from before probes existed
         settings = {k: v for k, v in settings.items() if k not in ("probe_every", "probe_size")}
+    if settings["encoder"].get("weights") is None:  # random initial weights: as before pretrained files existed
+        settings["encoder"] = {k: v for k, v in settings["encoder"].items() if k != "weights"}
     ids = hashlib.sha1("\n".join(dataset.train.ids).encode()).hexdigest()
     return {"config": json.dumps(settings, sort_keys=True, default=str), "dataset": dataset.name,
             "data": json.dumps(asdict(dataset.config), sort_keys=True, default=str), "train_ids": ids}
