@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from remd_core.cli import free_port
+from remd_core.cli.board import free_port
 
 pytest.importorskip("tensorboard")
 

@@ -264,7 +264,7 @@ def test_ctrl_c_stops_remd_run_and_resume_skips_the_notebooks_it_finished(tmp_pa
 def test_the_resume_command_repeats_the_arguments_and_names_the_run():
     from types import SimpleNamespace
 
-    from remd_core.cli import resume_command
+    from remd_core.cli.commands import resume_command
 
     args = SimpleNamespace(argv=["compare", "--recipes", "re-m3dr", "--run", "old", "--seeds", "0,1", "--resume"])
     assert resume_command(args, "old") == "remd compare --recipes re-m3dr --seeds 0,1 --run old --resume"
