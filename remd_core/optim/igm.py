@@ -91,7 +91,6 @@ at each stage switch (on CUDA its result check waits for the device, at those st
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -99,7 +98,7 @@ import torch
 from torch import Tensor, nn
 
 from .sam import perturbed, trainable
-from .strategy import Strategy, assign_grads, frozen_batchnorm_stats
+from .strategy import Strategy, assign_grads, frozen_batchnorm_stats, run_length
 
 
 @dataclass
@@ -200,10 +199,7 @@ class IGM(Strategy):
 
     def set_total_steps(self, total_steps: int) -> "IGM":
         """The run's length in steps (``fit`` knows it); an explicit ``total_steps`` option wins."""
-        if total_steps < 0:
-            raise ValueError(f"total_steps must be >= 0, got {total_steps}")
-        if not self.config.total_steps:
-            self.config = dataclasses.replace(self.config, total_steps=int(total_steps))
+        self.config = run_length(self.config, total_steps)
         return self
 
     def prepare_run(self, run) -> None:

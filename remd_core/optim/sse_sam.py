@@ -31,13 +31,13 @@ Cost: 3 forward + 4 backward in the first stage, 2 forward + 3 backward after it
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
 from .imbsam import HeadTailConfig, HeadTailSAM
+from .strategy import run_length
 
 
 @dataclass
@@ -76,10 +76,7 @@ class SSESAM(HeadTailSAM):
     def set_total_steps(self, total_steps: int) -> "SSESAM":
         """The run's length in steps, for a caller that knows it (``fit``: epochs times batches per
         epoch); an explicit ``total_steps`` option wins. Saved with the config in the state."""
-        if total_steps < 0:
-            raise ValueError(f"total_steps must be >= 0, got {total_steps}")
-        if not self.config.total_steps:
-            self.config = dataclasses.replace(self.config, total_steps=int(total_steps))
+        self.config = run_length(self.config, total_steps)
         return self
 
     def prepare_run(self, run) -> None:

@@ -34,7 +34,7 @@ moves them to the host once per epoch.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -181,6 +181,14 @@ class Strategy:
         if "generator" in state:
             self.generator = self.generator or torch.Generator()
             self.generator.set_state(state["generator"])
+
+
+def run_length(config, total_steps: int):
+    """``config`` with the run's length ``total_steps`` (what ``fit`` knows) unless it already names one:
+    an explicit ``total_steps`` option wins. For strategies whose schedule spans the run (SSE-SAM, IGM)."""
+    if total_steps < 0:
+        raise ValueError(f"total_steps must be >= 0, got {total_steps}")
+    return config if config.total_steps else replace(config, total_steps=int(total_steps))
 
 
 def _global_norm(tensors) -> Tensor:
